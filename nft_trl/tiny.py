@@ -32,8 +32,33 @@ def qwen2_5_chat_template() -> str:
 def default_corpus(num_lines: int = 400, seed: int = 0) -> list[str]:
     """A few hundred short math-flavoured strings: enough for a byte-level BPE to learn digits, LaTeX and chat words."""
     rng = random.Random(seed)
-    words = ["the", "answer", "is", "what", "compute", "sum", "of", "and", "so", "we", "get", "user", "assistant",
-             "system", "You", "are", "a", "helpful", "Solve", "Put", "final", "in", "boxed", "step", "by"]
+    words = [
+        "the",
+        "answer",
+        "is",
+        "what",
+        "compute",
+        "sum",
+        "of",
+        "and",
+        "so",
+        "we",
+        "get",
+        "user",
+        "assistant",
+        "system",
+        "You",
+        "are",
+        "a",
+        "helpful",
+        "Solve",
+        "Put",
+        "final",
+        "in",
+        "boxed",
+        "step",
+        "by",
+    ]
     lines = []
     for _ in range(num_lines):
         a, b = rng.randint(0, 99), rng.randint(0, 99)

@@ -1,0 +1,201 @@
+"""`NFTConfig`: the hyper-parameters of Negative-aware Fine-Tuning, on top of TRL's `GRPOConfig`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_npu_available, is_torch_xpu_available
+from trl import GRPOConfig
+
+from .nft_loss import PROMPT_WEIGHTINGS
+
+
+logger = logging.getLogger(__name__)
+
+#: Aggregations of the per-token loss that NFT supports, with the exact normalisation GRPOTrainer gives them.
+SUPPORTED_LOSS_TYPES: tuple[str, ...] = ("dr_grpo", "dapo", "grpo", "bnpo")
+
+
+@dataclass
+class NFTConfig(GRPOConfig):
+    r"""
+    Configuration class for [`NFTTrainer`], Negative-aware Fine-Tuning ([paper](https://huggingface.co/papers/2505.18116)).
+
+    `NFTConfig` inherits every parameter of [`~trl.GRPOConfig`] (generation, vLLM, batching, logging, ...). Only the
+    parameters below are new or get a new default. NFT replaces GRPO's clipped advantage objective by a likelihood
+    loss on correct answers plus a likelihood-ratio loss on wrong ones, weighted by the question's correctness rate
+    `r_hat`. The defaults follow the paper's recipe: `eps = 1`, `w = 1 - r_hat`, token-level ratio, log-ratio cap 10,
+    no KL, no entropy bonus, sum of token losses over a constant (`loss_type="dr_grpo"`).
+
+    GRPO options that reuse their meaning: `importance_sampling_level` (`"token"` ratio `R_t` or `"sequence"` ratio of
+    the whole answer), `loss_type` (aggregation of the per-token loss: `"dr_grpo"`, `"dapo"`, `"grpo"`, `"bnpo"`,
+    normalised exactly as in GRPOTrainer), `beta` (KL to a reference model, added to the per-token loss as in GRPO;
+    0 by default and in the paper), `mask_truncated_completions`, `top_entropy_quantile`, the vLLM importance-sampling
+    correction. GRPO options without a meaning in NFT are rejected when set: `epsilon`/`epsilon_high` are unused
+    (NFT has no trust-region clip), and `delta`, `off_policy_mask_threshold`, `entropy_coef`, `use_adaptive_entropy`
+    raise. The advantage options (`scale_rewards`, `multi_objective_aggregation`, `reward_weights`) only affect the
+    advantages that TRL still computes and logs; they do not enter the NFT loss.
+
+    Parameters:
+        negative_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the loss on wrong answers. `1.0` is NFT; `0.0` is RFT (rejection fine-tuning: maximum likelihood
+            on correct answers only; the paper's RFT baseline also uses `prompt_weighting="none"`).
+        negative_clip (`float`, *optional*, defaults to `1.0`):
+            `eps` of the paper: the floor of the value of `x_t = (1 - r_hat * R_t) / (1 - r_hat)` in the wrong-answer
+            term (a straight-through clamp: the gradient of `x_t` is kept). With `eps <= 1` NFT's on-policy gradient
+            equals GRPO's; the paper ablates 0.1 to 4.0.
+        prompt_weighting (`str`, *optional*, defaults to `"incorrect_rate"`):
+            Weight `w(q)` of each question: `"incorrect_rate"` (`1 - r_hat`, on-policy equal to Dr. GRPO),
+            `"sqrt_incorrect_odds"` (`sqrt((1 - r_hat) / r_hat)`, on-policy equal to GRPO's std-normalised
+            advantages) or `"none"` (`1`).
+        max_log_ratio (`float` or `None`, *optional*, defaults to `10.0`):
+            Cap on the log-ratio `log R` before it enters the loss (`R = exp(min(log R, cap))`), as in the authors'
+            code. `None` disables the cap.
+        correctness_reward (`str` or `None`, *optional*, defaults to `None`):
+            Name of the reward function whose value decides whether an answer is correct (the name under which TRL
+            logs it, `rewards/<name>/mean`; for a function, its `__name__`). `None` uses the first reward function.
+            Other reward functions are still computed and logged but do not enter the NFT loss.
+        correctness_threshold (`float`, *optional*, defaults to `0.5`):
+            An answer is correct when the verdict reward is `>= correctness_threshold`. 0.5 splits both {0, 1} and
+            the DAPO convention {-1, 1}.
+        non_binary_rewards (`str`, *optional*, defaults to `"warn"`):
+            What to do when the verdict reward returns values other than {0, 1} or {-1, 1} (e.g. a reward model's
+            continuous scores, which a threshold turns into an arbitrary split): `"warn"` (once, with the observed
+            distribution), `"error"` or `"ignore"`.
+        loss_type (`str`, *optional*, defaults to `"dr_grpo"`):
+            Aggregation of the per-token loss, normalised exactly as GRPOTrainer does: `"dr_grpo"` (sum over tokens
+            divided by `batch * max_completion_length`, the paper's choice), `"dapo"` (by the number of tokens in the
+            global accumulated batch), `"grpo"` (per-sequence mean, then mean over sequences), `"bnpo"` (by the number
+            of tokens in the local batch).
+    """
+
+    negative_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the loss on wrong answers. 1.0 is NFT; 0.0 is RFT (maximum likelihood on correct "
+            "answers only)."
+        },
+    )
+    negative_clip: float = field(
+        default=1.0,
+        metadata={
+            "help": "eps: floor of the value of x = (1 - r_hat * R) / (1 - r_hat) in the wrong-answer term "
+            "(straight-through: the gradient of x is kept). With eps <= 1 the on-policy gradient equals GRPO's."
+        },
+    )
+    prompt_weighting: Literal["incorrect_rate", "sqrt_incorrect_odds", "none"] = field(
+        default="incorrect_rate",
+        metadata={
+            "help": "Weight w(q) of each question: 'incorrect_rate' (1 - r_hat, the paper's default, on-policy equal "
+            "to Dr. GRPO), 'sqrt_incorrect_odds' (sqrt((1 - r_hat) / r_hat), on-policy equal to GRPO) or 'none' (1).",
+            "choices": list(PROMPT_WEIGHTINGS),
+        },
+    )
+    max_log_ratio: float | None = field(
+        default=10.0,
+        metadata={
+            "help": "Cap on log R before it enters the loss (R = exp(min(log R, cap))), as in the authors' code. "
+            "None disables it."
+        },
+    )
+    correctness_reward: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the reward function that decides correctness (as logged under rewards/<name>/mean; "
+            "for a function, its __name__). None uses the first reward function."
+        },
+    )
+    correctness_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "An answer is correct when the verdict reward is >= this value (0.5 splits {0,1} and {-1,1})."
+        },
+    )
+    non_binary_rewards: Literal["warn", "error", "ignore"] = field(
+        default="warn",
+        metadata={
+            "help": "What to do when the verdict reward returns values other than {0,1} or {-1,1}: 'warn' (once, "
+            "with the observed distribution), 'error' or 'ignore'.",
+            "choices": ["warn", "error", "ignore"],
+        },
+    )
+    loss_type: str = field(
+        default="dr_grpo",
+        metadata={
+            "help": "Aggregation of the per-token loss, normalised as in GRPOTrainer: 'dr_grpo' (sum over a constant, "
+            "the paper's choice), 'dapo' (tokens in the global accumulated batch), 'grpo' (per-sequence mean), "
+            "'bnpo' (tokens in the local batch).",
+            "choices": list(SUPPORTED_LOSS_TYPES),
+        },
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16 and not self.use_cpu and not _bf16_accelerator_available():
+            # GRPOConfig turns bf16 on by default, which fails on a machine without a bf16 accelerator. Fall back to
+            # fp32 there so that `NFTTrainer(model, reward_funcs=[...])` runs as written on a laptop.
+            logger.info(
+                "No bf16-capable accelerator found: training in fp32 (set bf16=True with use_cpu=True to force)."
+            )
+            self.bf16 = False
+        super().__post_init__()
+        if self.loss_type not in SUPPORTED_LOSS_TYPES:
+            raise ValueError(
+                f"NFTConfig does not support loss_type={self.loss_type!r}. Supported values are "
+                f"{', '.join(repr(t) for t in SUPPORTED_LOSS_TYPES)} (they only choose how the per-token NFT loss is "
+                "aggregated); the other GRPO loss types are GRPO objectives, not aggregations."
+            )
+        if self.prompt_weighting not in PROMPT_WEIGHTINGS:
+            raise ValueError(
+                f"prompt_weighting={self.prompt_weighting!r} is not supported; use one of "
+                f"{', '.join(repr(w) for w in PROMPT_WEIGHTINGS)}."
+            )
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise ValueError(
+                f"importance_sampling_level={self.importance_sampling_level!r} is not supported; use 'token' (the "
+                "paper's per-token ratio) or 'sequence' (the ratio of the whole answer)."
+            )
+        if self.negative_weight < 0:
+            raise ValueError(
+                f"negative_weight must be >= 0 (1.0 for NFT, 0.0 for RFT), got {self.negative_weight}. A negative "
+                "weight would reward the model for making wrong answers more likely."
+            )
+        if self.negative_clip <= 0:
+            raise ValueError(
+                f"negative_clip (eps) must be > 0, got {self.negative_clip}: the wrong-answer term takes log(max(x, "
+                "eps)). The paper uses 1.0 and ablates 0.1 to 4.0."
+            )
+        if self.max_log_ratio is not None and self.max_log_ratio <= 0:
+            raise ValueError(
+                f"max_log_ratio must be > 0 or None (no cap), got {self.max_log_ratio}. The authors' code uses 10."
+            )
+        if self.non_binary_rewards not in ("warn", "error", "ignore"):
+            raise ValueError(
+                f"non_binary_rewards={self.non_binary_rewards!r} is not supported; use 'warn', 'error' or 'ignore'."
+            )
+        if self.beta < 0:
+            raise ValueError(f"beta (KL coefficient) must be >= 0, got {self.beta}. NFT's recipe uses 0.")
+        # GRPO options whose meaning does not carry over to NFT: reject rather than silently ignore.
+        rejected = {
+            "delta": (self.delta is not None, "NFT has no clipped ratio to cap; leave delta=None"),
+            "off_policy_mask_threshold": (
+                self.off_policy_mask_threshold is not None,
+                "the off-policy sequence mask keys on the advantage sign, which NFT does not use; leave it None",
+            ),
+            "entropy_coef": (
+                self.entropy_coef != 0.0,
+                "NFT trains without an entropy bonus (the paper shows its entropy rises on its own); set entropy_coef=0",
+            ),
+            "use_adaptive_entropy": (
+                self.use_adaptive_entropy,
+                "NFT trains without an entropy bonus; set use_adaptive_entropy=False",
+            ),
+        }
+        for name, (is_set, why) in rejected.items():
+            if is_set:
+                raise ValueError(f"NFTConfig does not support `{name}`: {why}.")
+
+
+def _bf16_accelerator_available() -> bool:
+    return is_torch_bf16_gpu_available() or is_torch_xpu_available() or is_torch_npu_available()

@@ -1,0 +1,175 @@
+"""The NFT loss as pure functions: tensors in, per-token loss and detached statistics out.
+
+Negative-aware Fine-Tuning (Chen et al., arXiv 2505.18116) keeps maximum likelihood on correct answers and learns from
+wrong ones through an implicit negative policy. For an answer `a` to question `q` with verdict `r in {0, 1}`, the
+group's correctness rate `r_hat` and the ratio `R_t = pi_theta(a_t | ...) / pi_old(a_t | ...)`:
+
+    loss = - w(q) * sum_t [ r * log R_t + negative_weight * (1 - r) * log clip_eps((1 - r_hat * R_t) / (1 - r_hat)) ]
+
+where `clip_eps` floors the VALUE at `eps` (`negative_clip`) but keeps the GRADIENT of its argument (a straight-through
+clamp). Nothing here touches an accelerator, calls `.item()` or reduces across processes: aggregation over tokens and
+processes stays in the trainer, so these functions can be checked with plain tensors.
+
+Shapes: `B` completions, `T` completion tokens (right padded).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+
+PromptWeighting = Literal["incorrect_rate", "sqrt_incorrect_odds", "none"]
+RatioLevel = Literal["token", "sequence"]
+
+PROMPT_WEIGHTINGS: tuple[str, ...] = ("incorrect_rate", "sqrt_incorrect_odds", "none")
+RATIO_LEVELS: tuple[str, ...] = ("token", "sequence")
+
+
+def group_correct_rate(correct: torch.Tensor, valid: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Per-row correctness rate `r_hat` of each row's group, counting only valid (scored) rows.
+
+    Args:
+        correct: `(N,)` bool or {0, 1} float, the verdict of each completion. Groups of `num_generations` rows are
+            contiguous (TRL's gathered order).
+        valid: `(N,)` bool, False for completions that could not be scored; they count neither as right nor wrong.
+        num_generations: group size `K`; `N` must be a multiple of it.
+
+    Returns:
+        `(N,)` float: `r_hat` of the row's group, repeated for each row. A group with no valid row gets 0.
+    """
+    if correct.numel() % num_generations != 0:
+        raise ValueError(
+            f"The batch has {correct.numel()} completions, which is not a multiple of num_generations "
+            f"({num_generations}); every group must be complete."
+        )
+    valid = valid.to(torch.float32)
+    correct = correct.to(torch.float32) * valid
+    hits = correct.view(-1, num_generations).sum(dim=1)
+    counts = valid.view(-1, num_generations).sum(dim=1)
+    rate = hits / counts.clamp(min=1.0)
+    return rate.repeat_interleave(num_generations)
+
+
+def nft_prompt_weights(correct_rate: torch.Tensor, weighting: PromptWeighting) -> torch.Tensor:
+    """The prompt weight `w(q)` of each row (not normalised across the batch).
+
+    - `"incorrect_rate"`: `1 - r_hat` (the paper's default; on-policy it equals Dr. GRPO's advantage scale);
+    - `"sqrt_incorrect_odds"`: `sqrt((1 - r_hat) / r_hat)` (on-policy it equals GRPO with std-normalised advantages);
+    - `"none"`: `1`.
+
+    At `r_hat = 0` the sqrt-odds weight diverges, but every answer of such a group is wrong, so `x_t = 1` exactly and
+    the product `w * grad` tends to 0 (`w * r_hat / (1 - r_hat) = sqrt(r_hat / (1 - r_hat))`): the weight is set to 0
+    there, which is that limit, instead of producing `inf * 0 = NaN`.
+
+    Args:
+        correct_rate: `(B,)` float in [0, 1].
+
+    Returns:
+        `(B,)` float, detached.
+    """
+    r_hat = correct_rate.detach().to(torch.float32)
+    if weighting == "incorrect_rate":
+        return 1.0 - r_hat
+    if weighting == "sqrt_incorrect_odds":
+        safe = r_hat.clamp(min=torch.finfo(r_hat.dtype).tiny)
+        return torch.where(r_hat > 0, torch.sqrt((1.0 - r_hat) / safe), torch.zeros_like(r_hat))
+    if weighting == "none":
+        return torch.ones_like(r_hat)
+    raise ValueError(f"Unknown prompt_weighting {weighting!r}; use one of {PROMPT_WEIGHTINGS}.")
+
+
+def straight_through_floor(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """`max(x, floor)` in value, the gradient of `x` (identity) everywhere: `x + stop_grad(max(x, floor) - x)`."""
+    return x + (x.clamp(min=floor) - x).detach()
+
+
+def nft_per_token_loss(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    correct: torch.Tensor,
+    correct_rate: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    valid: torch.Tensor | None = None,
+    negative_weight: float = 1.0,
+    negative_clip: float = 1.0,
+    prompt_weighting: PromptWeighting = "incorrect_rate",
+    max_log_ratio: float | None = 10.0,
+    ratio_level: RatioLevel = "token",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token NFT loss.
+
+    Args:
+        per_token_logps: `(B, T)` log pi_theta of each completion token (carries the gradient).
+        old_per_token_logps: `(B, T)` log pi_old of the same tokens (the policy that generated them); no gradient.
+        correct: `(B,)` bool or {0, 1}: the verifier's verdict of each completion.
+        correct_rate: `(B,)` float: `r_hat` of each row's group (see `group_correct_rate`); no gradient.
+        mask: `(B, T)` {0, 1}: completion tokens that count (padding, tool output and masked rows are 0).
+        valid: `(B,)` bool, optional: rows that were scored. Invalid rows get a zero loss (and zero gradient).
+        negative_weight: weight of the wrong-answer term; `0.0` gives RFT (maximum likelihood on correct answers).
+        negative_clip: `eps`, the floor of `x_t = (1 - r_hat * R_t) / (1 - r_hat)` (value only, gradient kept).
+        prompt_weighting: `w(q)`, see `nft_prompt_weights`.
+        max_log_ratio: cap on `log R` before it is used (`R = exp(min(log R, cap))`); `None` disables it.
+        ratio_level: `"token"` uses the per-token ratio `R_t`; `"sequence"` uses the ratio of the whole answer,
+            `R = prod_t R_t` (log-ratios summed over the answer's tokens), and spreads each answer's loss evenly over
+            its tokens so that summing the per-token loss over a row gives the sequence loss.
+
+    Returns:
+        `(per_token_loss, stats)`: the `(B, T)` loss (zero on masked tokens), to be aggregated by the caller, and
+        detached 0-dim sums the caller reduces across processes: `positive_tokens`, `negative_tokens`,
+        `clamped_tokens` (wrong-answer tokens whose `x` was floored), `ratio_sum` (sum of `R` over counted tokens)
+        and `tokens`.
+
+    Limits (no `0 * inf`): at `r_hat = 0` every answer is wrong and `x = 1` exactly (zero loss, zero gradient); at
+    `r_hat = 1` there is no wrong answer and `w = 1 - r_hat = 0`. Rows that are correct never evaluate `x`'s
+    denominator, so a group's rate of 1 cannot divide by zero.
+    """
+    if ratio_level not in RATIO_LEVELS:
+        raise ValueError(f"Unknown ratio_level {ratio_level!r}; use one of {RATIO_LEVELS}.")
+    if negative_clip <= 0:
+        raise ValueError(f"negative_clip must be > 0, got {negative_clip}.")
+
+    mask = mask.to(per_token_logps.dtype)
+    positive = correct.to(torch.bool)
+    valid = torch.ones_like(positive) if valid is None else valid.to(torch.bool)
+    row_keep = valid.to(per_token_logps.dtype)
+    r_hat = correct_rate.detach().to(per_token_logps.dtype)
+
+    log_ratio = torch.where(mask.bool(), per_token_logps - old_per_token_logps, torch.zeros_like(per_token_logps))
+    if ratio_level == "sequence":
+        log_ratio = log_ratio.sum(dim=-1, keepdim=True)  # (B, 1): log of the whole answer's ratio
+    if max_log_ratio is not None:
+        # NFT: R = exp(min(log R, cap)); above the cap the ratio is constant (no gradient), as in the reference code.
+        log_ratio = log_ratio.clamp(max=max_log_ratio)
+    ratio = torch.exp(log_ratio)  # (B, T) or (B, 1)
+
+    # Negative term. Only valid wrong rows read x, and for them r_hat < 1; every other row gets x = 1 so that no
+    # intermediate (value or gradient) is ever inf or NaN, even where its result is discarded.
+    pos_col, r_col = positive.unsqueeze(1), r_hat.unsqueeze(1)
+    neg_col = (~positive & valid).unsqueeze(1)
+    denom = torch.where(neg_col, 1.0 - r_col, torch.ones_like(r_col))
+    x = torch.where(neg_col, (1.0 - r_col * ratio) / denom, torch.ones_like(ratio))
+    log_x = torch.log(straight_through_floor(x, negative_clip))
+
+    weight = nft_prompt_weights(r_hat, prompt_weighting).to(per_token_logps.dtype) * row_keep
+    signal = torch.where(pos_col, log_ratio, negative_weight * log_x)  # (B, T), or (B, 1) at sequence level
+    if ratio_level == "sequence":
+        # Spread each answer's loss evenly over its tokens: the row sum is the sequence loss.
+        signal = signal / mask.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    per_token_loss = -weight.unsqueeze(1) * signal * mask
+
+    with torch.no_grad():
+        kept = mask * row_keep.unsqueeze(1)
+        pos_tokens = (kept * pos_col).sum()
+        neg_tokens = (kept * ~pos_col).sum()
+        clamped = ((x < negative_clip) & neg_col).to(kept.dtype)
+        stats = {
+            "positive_tokens": pos_tokens,
+            "negative_tokens": neg_tokens,
+            "clamped_tokens": (clamped * kept).sum(),
+            "ratio_sum": (ratio.expand_as(kept) * kept).sum(),
+            "tokens": kept.sum(),
+        }
+    return per_token_loss, stats
