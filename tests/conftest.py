@@ -41,3 +41,34 @@ def tiny_model_path(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture
 def tiny_model(tiny_tokenizer):
     return build_tiny_model(tiny_tokenizer, seed=0)
+
+
+def scripted_completion(row: int, length: int, vocab_size: int, eos_id: int) -> list[int]:
+    """A deterministic completion for batch row `row`: varied tokens, and an EOS at a row-dependent position."""
+    first_regular = 3  # ids 0-2 are the special tokens of nft_trl.tiny
+    span = vocab_size - first_regular
+    tokens = [first_regular + (row * 7 + t * 13 + row * t) % span for t in range(length)]
+    stop = 2 + row % (length - 1)
+    if stop < length:
+        tokens[stop] = eos_id
+    return tokens
+
+
+@pytest.fixture
+def scripted_generation(monkeypatch):
+    """Replace `generate` by a deterministic script, so that several trainers see exactly the same completions.
+
+    Random tiny models rarely emit EOS; TRL slices the completion after the prompt and cuts it at the first EOS.
+    """
+    import torch
+    from transformers.generation.utils import GenerationMixin
+
+    def fake_generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
+        length = generation_config.max_new_tokens if generation_config is not None else 8
+        eos = self.config.eos_token_id
+        rows = [scripted_completion(b, length, self.config.vocab_size, eos) for b in range(input_ids.size(0))]
+        return torch.cat([input_ids, torch.tensor(rows, device=input_ids.device)], dim=1)
+
+    monkeypatch.setattr(GenerationMixin, "generate", fake_generate)
+    return scripted_completion
+

@@ -1,0 +1,82 @@
+"""NFTConfig: defaults from the paper, validation messages, YAML/CLI parsing with TRL's parser."""
+
+import pytest
+from trl import TrlParser
+
+from nft_trl import NFTConfig
+
+
+def make(**kwargs):
+    return NFTConfig(output_dir="out", use_cpu=True, bf16=False, report_to="none", **kwargs)
+
+
+def test_paper_defaults():
+    args = make()
+    assert (args.negative_weight, args.negative_clip, args.prompt_weighting) == (1.0, 1.0, "incorrect_rate")
+    assert args.max_log_ratio == 10.0 and args.beta == 0.0 and args.entropy_coef == 0.0
+    assert args.loss_type == "dr_grpo" and args.importance_sampling_level == "token"
+    assert args.correctness_reward is None and args.correctness_threshold == 0.5
+
+
+def test_default_config_runs_on_a_cpu_only_machine():
+    # GRPOConfig turns bf16 on by default, which TrainingArguments rejects without a bf16 accelerator.
+    import torch
+
+    args = NFTConfig(output_dir="out")
+    if not torch.cuda.is_available():
+        assert args.bf16 is False
+    assert NFTConfig(output_dir="out", use_cpu=True).bf16 is True  # explicit CPU autocast still honoured
+
+
+@pytest.mark.parametrize("loss_type", ["cispo", "sapo", "luspo", "vespo", "bogus"])
+def test_unsupported_loss_type_names_the_supported_values(loss_type):
+    with pytest.raises(ValueError, match=r"'dr_grpo', 'dapo', 'grpo', 'bnpo'"):
+        make(loss_type=loss_type)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"negative_weight": -0.1}, "negative_weight must be >= 0"),
+        ({"negative_clip": 0.0}, "negative_clip .* must be > 0"),
+        ({"max_log_ratio": -1.0}, "max_log_ratio must be > 0 or None"),
+        ({"prompt_weighting": "sqrt"}, "'incorrect_rate', 'sqrt_incorrect_odds', 'none'"),
+        ({"importance_sampling_level": "tokens"}, "'token'.*'sequence'"),
+        ({"non_binary_rewards": "shout"}, "'warn', 'error' or 'ignore'"),
+        ({"beta": -0.1}, "beta"),
+        ({"delta": 2.0}, "does not support `delta`"),
+        ({"off_policy_mask_threshold": 0.5}, "does not support `off_policy_mask_threshold`"),
+        ({"entropy_coef": 0.01}, "does not support `entropy_coef`"),
+        ({"use_adaptive_entropy": True}, "does not support `use_adaptive_entropy`"),
+    ],
+)
+def test_validation_says_what_to_change(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(**kwargs)
+
+
+def test_beta_is_accepted():
+    assert make(beta=0.04).beta == 0.04
+
+
+def test_yaml_and_flags_parse_into_nft_config(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "output_dir: out\nuse_cpu: true\nbf16: false\nreport_to: none\n"
+        "negative_weight: 0.5\nprompt_weighting: sqrt_incorrect_odds\nmax_log_ratio: 5.0\nloss_type: dapo\n"
+    )
+    parser = TrlParser((NFTConfig,))
+    (args,) = parser.parse_args_and_config(["--config", str(recipe), "--negative_clip", "0.5"])
+    assert isinstance(args, NFTConfig)
+    assert (args.negative_weight, args.negative_clip, args.prompt_weighting) == (0.5, 0.5, "sqrt_incorrect_odds")
+    assert args.max_log_ratio == 5.0 and args.loss_type == "dapo"
+
+
+def test_help_lists_nft_fields_with_their_help(capsys):
+    parser = TrlParser((NFTConfig,))
+    with pytest.raises(SystemExit):
+        parser.parse_args_and_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("--negative_weight", "--negative_clip", "--prompt_weighting", "--max_log_ratio", "--correctness_reward"):
+        assert name in text
+    assert "0.0 is RFT" in text
