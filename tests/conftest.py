@@ -71,4 +71,3 @@ def scripted_generation(monkeypatch):
 
     monkeypatch.setattr(GenerationMixin, "generate", fake_generate)
     return scripted_completion
-

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from datasets import Dataset
 from torch.testing import assert_close
 from trl import GRPOConfig, GRPOTrainer
@@ -56,7 +55,9 @@ def common_args(tmp_path, name, **overrides):
 def one_step_delta(trainer_cls, config, tokenizer, reward):
     model = build_tiny_model(tokenizer, seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = trainer_cls(model, reward_funcs=[reward], args=config, train_dataset=prompts(), processing_class=tokenizer)
+    trainer = trainer_cls(
+        model, reward_funcs=[reward], args=config, train_dataset=prompts(), processing_class=tokenizer
+    )
     trainer.train()
     return {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
 

@@ -77,6 +77,12 @@ def test_help_lists_nft_fields_with_their_help(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args_and_config(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name in ("--negative_weight", "--negative_clip", "--prompt_weighting", "--max_log_ratio", "--correctness_reward"):
+    for name in (
+        "--negative_weight",
+        "--negative_clip",
+        "--prompt_weighting",
+        "--max_log_ratio",
+        "--correctness_reward",
+    ):
         assert name in text
     assert "0.0 is RFT" in text

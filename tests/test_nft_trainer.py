@@ -126,7 +126,10 @@ def test_one_liner_with_default_config(tmp_path, monkeypatch, tiny_model_path):
 
 def test_model_as_path_trains(tmp_path, tiny_model_path, scripted_generation):
     trainer = NFTTrainer(
-        tiny_model_path, reward_funcs=[first_token_mod3], args=config(tmp_path, max_steps=1), train_dataset=math_dataset()
+        tiny_model_path,
+        reward_funcs=[first_token_mod3],
+        args=config(tmp_path, max_steps=1),
+        train_dataset=math_dataset(),
     )
     trainer.train()
     assert trainer.state.global_step == 1
@@ -195,7 +198,10 @@ def test_non_binary_verdict_reward_is_loud(tmp_path, tiny_model, tiny_tokenizer,
     assert len(messages) == 1 and "reward_model_like" in messages[0] and "median" in messages[0]
 
     strict = make_trainer(
-        tiny_model, tiny_tokenizer, config(tmp_path, max_steps=1, non_binary_rewards="error"), reward=[reward_model_like]
+        tiny_model,
+        tiny_tokenizer,
+        config(tmp_path, max_steps=1, non_binary_rewards="error"),
+        reward=[reward_model_like],
     )
     with pytest.raises(ValueError, match="non-binary"):
         strict.train()

@@ -1,0 +1,63 @@
+"""Two processes (torchrun, gloo): every row's r_hat is its whole group's rate, even when the group spans ranks."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nft_trl.nft_loss import group_correct_rate
+
+
+SCRIPT = Path(__file__).parent / "scripts" / "record_correct_rates.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(nproc: int, out_dir: Path) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(SCRIPT),
+        str(out_dir),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.mark.distributed
+def test_group_rates_span_processes(tmp_path):
+    ranks = run_torchrun(2, tmp_path)
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    num_steps = len(ranks[0]["calls"])
+    assert num_steps == 2 and len(ranks[1]["calls"]) == num_steps
+    spanning_mixed = 0
+    for step in range(num_steps):
+        rank_calls = [r["calls"][step] for r in ranks]
+        # TRL's gathered order is rank 0's rows, then rank 1's: groups of 4 over 12 rows, the middle one spans ranks.
+        prompts = sum((c["prompts"] for c in rank_calls), [])
+        verdicts = torch.tensor(sum((c["verdicts"] for c in rank_calls), []))
+        assert all(len(set(prompts[i : i + 4])) == 1 for i in range(0, len(prompts), 4)), prompts
+        single_process = group_correct_rate(verdicts.bool(), torch.ones_like(verdicts, dtype=torch.bool), 4)
+        recorded_rate = torch.tensor(sum((c["nft_correct_rate"] for c in rank_calls), []))
+        recorded_correct = torch.tensor(sum((c["nft_correct"] for c in rank_calls), []))
+        torch.testing.assert_close(recorded_rate, single_process)
+        assert torch.equal(recorded_correct, verdicts.bool())
+        middle = verdicts[4:8]
+        spanning_mixed += bool(0 < middle.sum() < 4)
+        # A per-process computation would have given rank 0's half of the middle group its own rate.
+    assert spanning_mixed >= 1, "the test needs at least one mixed group that spans both processes"
