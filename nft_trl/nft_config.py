@@ -64,6 +64,13 @@ class NFTConfig(GRPOConfig):
             What to do when the verdict reward returns values other than {0, 1} or {-1, 1} (e.g. a reward model's
             continuous scores, which a threshold turns into an arbitrary split): `"warn"` (once, with the observed
             distribution), `"error"` or `"ignore"`.
+        dynamic_sampling (`bool`, *optional*, defaults to `False`):
+            DAPO-style dynamic sampling: keep only groups whose answers are mixed (`0 < r_hat < 1`), drawing more
+            prompts and generating again until the generation batch is full, up to `max_sampling_rounds` rounds. All
+            processes make the same number of rounds; see `nft_trl.dynamic_sampling`.
+        max_sampling_rounds (`int`, *optional*, defaults to `10`):
+            Generation rounds per generation step at most (the first included). At the cap the batch is completed
+            with degenerate groups marked invalid (no loss, no tokens in the normalisers) and a warning is logged.
         loss_type (`str`, *optional*, defaults to `"dr_grpo"`):
             Aggregation of the per-token loss, normalised exactly as GRPOTrainer does: `"dr_grpo"` (sum over tokens
             divided by `batch * max_completion_length`, the paper's choice), `"dapo"` (by the number of tokens in the
@@ -121,6 +128,21 @@ class NFTConfig(GRPOConfig):
             "choices": ["warn", "error", "ignore"],
         },
     )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO-style dynamic sampling: drop groups whose answers are all right or all wrong, draw more "
+            "prompts and generate again until the generation batch is full of mixed groups (at most "
+            "max_sampling_rounds rounds per generation step). On in the paper's recipes."
+        },
+    )
+    max_sampling_rounds: int = field(
+        default=10,
+        metadata={
+            "help": "With dynamic_sampling: generation rounds per generation step at most, the first included. At the "
+            "cap the batch is completed with degenerate groups that carry no loss, and a warning is logged."
+        },
+    )
     loss_type: str = field(
         default="dr_grpo",
         metadata={
@@ -173,6 +195,10 @@ class NFTConfig(GRPOConfig):
         if self.non_binary_rewards not in ("warn", "error", "ignore"):
             raise ValueError(
                 f"non_binary_rewards={self.non_binary_rewards!r} is not supported; use 'warn', 'error' or 'ignore'."
+            )
+        if self.max_sampling_rounds < 1:
+            raise ValueError(
+                f"max_sampling_rounds must be >= 1 (the first generation round included), got {self.max_sampling_rounds}."
             )
         if self.beta < 0:
             raise ValueError(f"beta (KL coefficient) must be >= 0, got {self.beta}. NFT's recipe uses 0.")

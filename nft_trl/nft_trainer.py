@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 import textwrap
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from . import dynamic_sampling as ds
 from .nft_config import NFTConfig
 from .nft_loss import group_correct_rate, nft_per_token_loss
 
@@ -23,6 +27,7 @@ logger = logging.getLogger(__name__)
 _TRL_REWARD_KWARGS = frozenset(
     {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
 )
+DYNAMIC_SAMPLING_STATE = "nft_dynamic_sampling_state.json"
 # Multimodal fields that GRPOTrainer puts in the batch and forwards to the model.
 _MULTIMODAL_KEYS = (
     "pixel_values",
@@ -110,6 +115,15 @@ class NFTTrainer(GRPOTrainer):
         self._verdict_index = self._resolve_verdict_index(args.correctness_reward)
         self._gathered_rewards: torch.Tensor | None = None
         self._warned_non_binary = False
+        self._refill: ds.RefillStream | None = None
+        if args.dynamic_sampling:
+            if not hasattr(self.train_dataset, "__getitem__") or not hasattr(self.train_dataset, "__len__"):
+                raise ValueError(
+                    "dynamic_sampling draws extra prompts by index, so it needs a map-style training dataset (e.g. a "
+                    "datasets.Dataset), not an IterableDataset. Load the dataset without streaming, or set "
+                    "dynamic_sampling=False."
+                )
+            self._refill = ds.RefillStream(len(self.train_dataset), seed=args.seed, shuffle=self.shuffle_dataset)
 
     # ------------------------------------------------------------------ verdicts and group rates (per generation batch)
     def _resolve_verdict_index(self, name: str | None) -> int:
@@ -128,6 +142,13 @@ class NFTTrainer(GRPOTrainer):
         return rewards
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output, correct, valid = self._generate_and_judge(inputs)
+        if self._refill is None or not self.model.training:
+            return output
+        return self._fill_with_mixed_groups(inputs, output, correct, valid)
+
+    def _generate_and_judge(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+        """One generation round: TRL's batch plus the NFT fields, and the global verdicts `(correct, valid)`."""
         output = super()._generate_and_score_completions(inputs)
         rewards, self._gathered_rewards = self._gathered_rewards, None
         if rewards is None:
@@ -177,7 +198,92 @@ class NFTTrainer(GRPOTrainer):
             strict=True,
         ):
             self._metrics[mode][f"nft/{name}"].append(value)
-        return output
+        return output, correct, valid
+
+    # ------------------------------------------------------------------------------------------ dynamic sampling
+    def _fill_with_mixed_groups(self, inputs, output, correct, valid):
+        """Generate more rounds until the batch is full of mixed groups (see `nft_trl.dynamic_sampling`)."""
+        num_generations = self.num_generations
+        local_rows, process = len(inputs), self.accelerator.process_index
+        target_rows = local_rows * self.accelerator.num_processes
+        target_groups = target_rows // num_generations
+        batches, mixed = [output], [ds.mixed_groups(correct, valid, num_generations)]
+        extra_tokens = torch.zeros((), device=self.accelerator.device)
+        # Every process sees the same gathered verdicts, so every process takes the same number of rounds.
+        while sum(int(m.sum()) for m in mixed) < target_groups and len(batches) < self.args.max_sampling_rounds:
+            prompts = self._refill.take(target_groups)
+            global_rows = [index for index in prompts for _ in range(num_generations)]
+            extra_inputs = [
+                self.train_dataset[i] for i in global_rows[process * local_rows : (process + 1) * local_rows]
+            ]
+            extra, correct, valid = self._generate_and_judge(extra_inputs)
+            batches.append(extra)
+            mixed.append(ds.mixed_groups(correct, valid, num_generations))
+            extra_tokens = extra_tokens + self.accelerator.gather(extra["completion_mask"].sum()).sum()
+
+        selection = ds.select_groups(mixed, num_generations, target_rows)
+        metrics = self._metrics["train"]
+        metrics["nft/dynamic_sampling/rounds"].append(len(batches))
+        metrics["nft/dynamic_sampling/kept_group_frac"].append(selection.kept_groups / selection.generated_groups)
+        metrics["nft/dynamic_sampling/batch_fill"].append(selection.kept_groups / target_groups)
+        metrics["nft/dynamic_sampling/extra_generated_tokens"].append(float(extra_tokens))
+        if selection.kept_groups < target_groups:
+            logger.warning(
+                f"Dynamic sampling reached max_sampling_rounds={self.args.max_sampling_rounds} with "
+                f"{selection.kept_groups} of {target_groups} groups mixed; training on those, the rest of the batch is "
+                "masked out. Raise max_sampling_rounds, or use easier/harder prompts if most groups are all right or "
+                "all wrong."
+            )
+        if len(batches) == 1 and selection.kept_groups == target_groups:
+            return output  # the first round was all mixed: nothing to move
+
+        for batch in batches:
+            ds.check_supported(batch)
+        pad_token_id = self._tokenizer.pad_token_id
+        gathered = [self._gather_round(batch, pad_token_id) for batch in batches]
+        merged = ds.merge_rows(gathered, selection.rounds, selection.rows, pad_token_id)
+        local = slice(process * local_rows, (process + 1) * local_rows)
+        merged = {key: value[local] for key, value in merged.items()}
+        keep = torch.tensor(selection.keep[local], device=self.accelerator.device)
+        merged["nft_valid"] = merged["nft_valid"] & keep
+        merged["completion_mask"] = merged["completion_mask"] * keep.unsqueeze(1).to(merged["completion_mask"].dtype)
+        merged = ds.trim_padding(merged)
+        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        return merged
+
+    def _gather_round(self, batch: dict, pad_token_id: int) -> dict:
+        """Every process's rows of one round, in TRL's gathered order (sequence fields padded to a common width)."""
+        if self.accelerator.num_processes == 1:
+            return {key: value for key, value in batch.items() if not ds.is_batch_key(key)}
+        out = {}
+        for key, value in batch.items():  # same keys in the same order on every process
+            if ds.is_batch_key(key):
+                continue
+            if ds.is_sequence_key(key):
+                side, pad = ds.padding_for(key, pad_token_id)
+                value = self.accelerator.pad_across_processes(value, dim=1, pad_index=pad, pad_first=side == "left")
+            is_bool = value.dtype == torch.bool
+            gathered = self.accelerator.gather(value.to(torch.uint8) if is_bool else value)
+            out[key] = gathered.bool() if is_bool else gathered
+        return out
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self._refill is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, DYNAMIC_SAMPLING_STATE), "w") as f:
+                json.dump(self._refill.state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self._refill is not None and checkpoint is not None:
+            path = os.path.join(checkpoint, DYNAMIC_SAMPLING_STATE)
+            if os.path.exists(path):
+                with open(path) as f:
+                    self._refill.load_state_dict(json.load(f))
 
     def _check_binary(self, values: torch.Tensor) -> None:
         """Make a non-binary verdict reward loud: a threshold on continuous scores is an arbitrary split."""

@@ -13,7 +13,7 @@ import torch
 from nft_trl.nft_loss import group_correct_rate
 
 
-SCRIPT = Path(__file__).parent / "scripts" / "record_correct_rates.py"
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def free_port() -> int:
@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_torchrun(nproc: int, out_dir: Path) -> list[dict]:
+def run_torchrun(script: str, nproc: int, out_dir: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true", "HF_HUB_OFFLINE": "1"}
     cmd = [
         sys.executable,
@@ -31,7 +31,7 @@ def run_torchrun(nproc: int, out_dir: Path) -> list[dict]:
         f"--nproc_per_node={nproc}",
         "--master_addr=127.0.0.1",
         f"--master_port={free_port()}",
-        str(SCRIPT),
+        str(SCRIPTS / script),
         str(out_dir),
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -41,7 +41,7 @@ def run_torchrun(nproc: int, out_dir: Path) -> list[dict]:
 
 @pytest.mark.distributed
 def test_group_rates_span_processes(tmp_path):
-    ranks = run_torchrun(2, tmp_path)
+    ranks = run_torchrun("record_correct_rates.py", 2, tmp_path)
     assert [r["world_size"] for r in ranks] == [2, 2]
     num_steps = len(ranks[0]["calls"])
     assert num_steps == 2 and len(ranks[1]["calls"]) == num_steps
@@ -61,3 +61,16 @@ def test_group_rates_span_processes(tmp_path):
         spanning_mixed += bool(0 < middle.sum() < 4)
         # A per-process computation would have given rank 0's half of the middle group its own rate.
     assert spanning_mixed >= 1, "the test needs at least one mixed group that spans both processes"
+
+
+@pytest.mark.distributed
+def test_dynamic_sampling_two_processes_agree_with_one(tmp_path):
+    (one,) = run_torchrun("record_dynamic_batches.py", 1, tmp_path / "one")
+    two = run_torchrun("record_dynamic_batches.py", 2, tmp_path / "two")
+    assert two[0]["rounds"] == two[1]["rounds"] == one["rounds"], "every process takes the same number of rounds"
+    assert max(one["rounds"]) >= 2, "the test must exercise extra rounds"
+    for step, expected in enumerate(one["records"]):
+        for field in ("prompts", "correct", "rate", "valid"):
+            assert two[0]["records"][step][field] + two[1]["records"][step][field] == expected[field], (step, field)
+        rates = torch.tensor(expected["rate"])
+        assert ((rates > 0) & (rates < 1)).all()
