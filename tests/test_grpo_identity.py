@@ -75,6 +75,20 @@ def test_on_policy_step_equals_grpo(tmp_path, tiny_tokenizer, scripted_generatio
     assert moved == len(d_nft), "every parameter must move in this step"
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_on_policy_step_with_gradient_accumulation_equals_grpo(
+    tmp_path, tiny_tokenizer, scripted_generation, loss_type
+):
+    """Two micro-batches per optimizer step, one generation per step: the accumulation scaling must match GRPO's."""
+    overrides = dict(loss_type=loss_type, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    nft = NFTConfig(**common_args(tmp_path, "nft", **overrides))
+    grpo = GRPOConfig(**common_args(tmp_path, "grpo", **overrides), scale_rewards="none")
+    d_nft = one_step_delta(NFTTrainer, nft, tiny_tokenizer, first_token_mod3)
+    d_grpo = one_step_delta(GRPOTrainer, grpo, tiny_tokenizer, first_token_mod3)
+    for name in d_nft:
+        assert_close(d_nft[name], d_grpo[name], rtol=1e-4, atol=1e-7)
+
+
 def test_on_policy_sqrt_odds_equals_grpo_std_up_to_bessel(tmp_path, tiny_tokenizer, scripted_generation):
     nft = NFTConfig(**common_args(tmp_path, "nft"), prompt_weighting="sqrt_incorrect_odds")
     grpo = GRPOConfig(**common_args(tmp_path, "grpo", loss_type="dr_grpo"), scale_rewards="group")
