@@ -1,6 +1,8 @@
 """Prompt building and sampling: vLLM when installed, else batched `transformers` generation.
 
 Both backends take the same prompt strings and the same `SamplingSettings` and return, per prompt, `n` `Sample`s.
+Prompts are tokenized the same way in both: a chat-templated prompt already holds its special tokens, so none are
+added (`add_special_tokens=False`); a raw prompt gets the tokenizer's usual ones (a BOS token for Llama-style models).
 Sampling uses only the settings given here (`top_k` off, no repetition penalty): a model's own
 `generation_config.json` defaults are deliberately ignored so that the two backends and the paper's setup agree.
 
@@ -112,7 +114,14 @@ class TransformersGenerator:
         return cls(model.to(device), tokenizer, **kwargs)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], sampling: SamplingSettings, seeds: Sequence[int]) -> list[list[Sample]]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingSettings,
+        seeds: Sequence[int],
+        *,
+        add_special_tokens: bool = False,
+    ) -> list[list[Sample]]:
         from transformers import GenerationConfig
 
         greedy = sampling.temperature == 0
@@ -141,7 +150,9 @@ class TransformersGenerator:
         try:
             for start in range(0, len(prompts), self.batch_size):
                 batch = list(prompts[start : start + self.batch_size])
-                inputs = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+                inputs = self.tokenizer(
+                    batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+                )
                 inputs = inputs.to(self.model.device)
                 torch.manual_seed(seeds[start])
                 output = self.model.generate(**inputs, generation_config=config)
@@ -179,8 +190,21 @@ class VLLMGenerator:
         self.llm = LLM(model=model, seed=seed, **llm_kwargs)
         self.batch_size = batch_size or self.default_batch_size
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingSettings, seeds: Sequence[int]) -> list[list[Sample]]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingSettings,
+        seeds: Sequence[int],
+        *,
+        add_special_tokens: bool = False,
+    ) -> list[list[Sample]]:
         from vllm import SamplingParams
+
+        # Token ids rather than text, so that vLLM does not add a second BOS to a chat-templated prompt.
+        tokenizer = self.llm.get_tokenizer()
+        inputs = [
+            {"prompt_token_ids": tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]} for p in prompts
+        ]
 
         params = [
             SamplingParams(
@@ -192,7 +216,7 @@ class VLLMGenerator:
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [
             [
                 Sample(text=o.text, num_tokens=len(o.token_ids), truncated=o.finish_reason == "length")

@@ -295,7 +295,7 @@ def evaluate_benchmark(
             build_prompt(p.problem, tokenizer, template=prompt_template, instruction=instruction) for p in chunk
         ]
         seeds = [problem_seed(sampling.seed, benchmark.name, p.id) for p in chunk]
-        outputs = generator.generate(prompts, sampling, seeds)
+        outputs = generator.generate(prompts, sampling, seeds, add_special_tokens=prompt_template == "raw")
         records = []
         for problem, samples in zip(chunk, outputs, strict=True):
             texts = [s.text for s in samples]
@@ -443,6 +443,11 @@ def evaluate(
             "sampling": sampling.to_dict(),
             "settings_hash": store.hash if store else settings_hash(sample_settings),
             "samples_file": str(store.path) if store else None,
+            "example_prompt": build_prompt(
+                benchmark.problems[0].problem, tokenizer, template=prompt_template, instruction=instruction
+            )
+            if benchmark.problems
+            else None,
             **summary,
         }
     results["average"] = average_of(headline_values, bootstrap_resamples=bootstrap_resamples, seed=seed)
