@@ -77,7 +77,7 @@ class ScriptedGenerator:
         self.fail_after = fail_after
         self.prompts: list[str] = []
 
-    def generate(self, prompts, sampling, seeds):
+    def generate(self, prompts, sampling, seeds, **kwargs):
         if self.fail_after is not None and len(self.prompts) >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.prompts.extend(prompts)
@@ -97,11 +97,11 @@ class CountingGenerator(TransformersGenerator):
         self.fail_after = fail_after
         self.prompts: list[str] = []
 
-    def generate(self, prompts, sampling, seeds):
+    def generate(self, prompts, sampling, seeds, **kwargs):
         if self.fail_after is not None and len(self.prompts) >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.prompts.extend(prompts)
-        return super().generate(prompts, sampling, seeds)
+        return super().generate(prompts, sampling, seeds, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------- estimators
@@ -340,6 +340,45 @@ def test_transformers_generator_shapes_and_greedy(tiny_tokenizer):
     greedy = generator.generate(prompts[:1], SamplingSettings(n=2, temperature=0.0, max_tokens=5), seeds=[0])
     assert greedy[0][0] == greedy[0][1]
     assert model.training and tiny_tokenizer.padding_side == "right"  # both restored after generation
+
+
+def test_vllm_generator_against_a_stub_vllm(monkeypatch, tiny_tokenizer):
+    """vLLM is not installed here: check the calls against a stub with vLLM's `LLM` / `SamplingParams` API."""
+    import importlib.machinery
+    import types
+
+    calls = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["llm"] = kwargs
+
+        def get_tokenizer(self):
+            return tiny_tokenizer
+
+        def generate(self, inputs, params, use_tqdm=True):
+            calls["inputs"], calls["params"] = inputs, params
+            done = types.SimpleNamespace(text="\\boxed{2}", token_ids=[5, 6], finish_reason="stop")
+            cut = types.SimpleNamespace(text="so", token_ids=[7] * 8, finish_reason="length")
+            return [types.SimpleNamespace(outputs=[done, cut]) for _ in inputs]
+
+    stub = types.ModuleType("vllm")
+    stub.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    stub.LLM, stub.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", stub)
+    from nft_trl.evaluation import make_generator
+
+    generator = make_generator("some/model", "vllm", seed=3, tensor_parallel_size=2, device="ignored")
+    assert calls["llm"] == {"model": "some/model", "seed": 3, "tensor_parallel_size": 2}
+    prompt = build_prompt("What is 1 + 1?", tiny_tokenizer)
+    out = generator.generate([prompt], SamplingSettings(n=2, temperature=0.6, top_p=0.7, max_tokens=8), seeds=[11])
+    assert calls["params"][0].kwargs == {"n": 2, "temperature": 0.6, "top_p": 0.7, "max_tokens": 8, "seed": 11}
+    assert calls["inputs"][0]["prompt_token_ids"] == tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert [(s.text, s.num_tokens, s.truncated) for s in out[0]] == [("\\boxed{2}", 2, False), ("so", 8, True)]
 
 
 # ------------------------------------------------------------------------------------------------------- callback
