@@ -19,28 +19,34 @@ def add_eval_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "eval",
-        help="Evaluate a checkpoint on math benchmarks (avg@k, pass@k, maj@k with 95% bootstrap intervals).",
+        help="Evaluate a checkpoint on math benchmarks (avg@k, pass@k, maj@k with 95%% bootstrap intervals).",
         description="Evaluate a checkpoint the paper's way. Explicit sampling flags override the preset. Rerunning "
         "with the same --output_dir resumes: finished problems are read back, not regenerated.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="Local checkpoint folder or Hub id.")
     p.add_argument(
         "--benchmarks",
         default=",".join(PAPER_BENCHMARKS),
         help="Comma-separated names (aime24, aime25, amc23, math500, minerva, olympiadbench, gsm8k) or "
-        "name=path/to/file.jsonl or name=owner/dataset[:split].",
+        "name=path/to/file.jsonl or name=owner/dataset[:split] (default: %(default)s).",
     )
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="Sampling protocol.")
+    p.add_argument(
+        "--preset", default="paper", choices=sorted(PRESETS), help="Sampling protocol (default: %(default)s)."
+    )
     p.add_argument("--n", type=int, default=None, help="Samples per problem for every benchmark (default: preset).")
     p.add_argument("--temperature", type=float, default=None, help="Default: preset. 0 means greedy.")
     p.add_argument("--top_p", type=float, default=None, help="Default: preset.")
     p.add_argument("--max_tokens", type=int, default=None, help="Max new tokens per completion (default: preset).")
-    p.add_argument("--seed", type=int, default=0, help="Sampling and bootstrap seed.")
+    p.add_argument("--seed", type=int, default=0, help="Sampling and bootstrap seed (default: %(default)s).")
     p.add_argument(
-        "--backend", default="auto", choices=["auto", "vllm", "transformers"], help="auto: vLLM if installed."
+        "--backend", default="auto", choices=["auto", "vllm", "transformers"], help="Default auto: vLLM if installed."
     )
-    p.add_argument("--prompt_template", default="chat", choices=["chat", "raw"], help="Chat template or raw text.")
+    p.add_argument(
+        "--prompt_template",
+        default="chat",
+        choices=["chat", "raw"],
+        help="Chat template or raw text (default: %(default)s).",
+    )
     p.add_argument(
         "--limit", type=int, default=None, help="Only the first N problems of each benchmark (smoke tests)."
     )
@@ -49,11 +55,13 @@ def add_eval_parser(subparsers) -> None:
     )
     p.add_argument("--output_dir", default=None, help="Default: outputs/eval/<model folder name>-<preset>.")
     p.add_argument("--batch_size", type=int, default=None, help="Problems per generate call (and per checkpoint).")
-    p.add_argument("--dtype", default="auto", help="Model dtype (auto, bfloat16, float16, float32).")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: %(default)s).")
     p.add_argument("--device", default=None, help="transformers backend: cuda or cpu (default: cuda if available).")
     p.add_argument("--tensor_parallel_size", type=int, default=None, help="vLLM tensor parallelism.")
     p.add_argument("--gpu_memory_utilization", type=float, default=None, help="vLLM GPU memory fraction.")
-    p.add_argument("--bootstrap_resamples", type=int, default=1000, help="Bootstrap replicates for the intervals.")
+    p.add_argument(
+        "--bootstrap_resamples", type=int, default=1000, help="Bootstrap replicates (default: %(default)s)."
+    )
     p.set_defaults(func=run_eval)
 
 

@@ -263,6 +263,16 @@ def test_scripted_answers_give_exact_metrics(toy_benchmark, tiny_tokenizer, tmp_
     assert "| toy | avg@4 | 50.0 | [50.0, 50.0] | 100.0 | 100.0 | 4 | 4 |" in table
 
 
+def test_cli_help_and_flags(capsys):
+    from nft_trl.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["eval", "--help"])
+    assert exit_info.value.code == 0 and "--preset {paper,paper-32b,standard}" in capsys.readouterr().out
+    args = build_parser().parse_args(["eval", "--model", "m", "--temperature", "1.0"])
+    assert (args.n, args.temperature, args.top_p, args.preset) == (None, 1.0, None, "paper")  # None: keep the preset's
+
+
 @needs_benchmarks
 def test_cli_end_to_end_on_real_files(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
