@@ -79,6 +79,7 @@ KNOWN_BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec("gsm8k", "gsm8k_test.jsonl", "gsm8k", "openai/gsm8k", "test", "main"),
     ]
 }
+ALIASES = {"minerva_math": "minerva", "olympiad": "olympiadbench", "math-500": "math500"}
 PAPER_BENCHMARKS = ["aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench"]
 PROBLEM_COLUMNS = ("problem", "question")
 ID_COLUMNS = ("id", "idx", "unique_id")
@@ -291,6 +292,7 @@ def load_benchmark(
     """
     name, _, source = spec.partition("=")
     name, source = name.strip(), source.strip()
+    name = ALIASES.get(name, name)
     if not source and (Path(name).suffix in (".jsonl", ".json", ".parquet") or Path(name).is_file()):
         name, source = Path(name).stem, name
     known = KNOWN_BENCHMARKS.get(name)
