@@ -105,12 +105,14 @@ class Benchmark:
     source: str
     file_sha256: str | None
     content_sha256: str
+    problems_sha256: str
 
     def provenance(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "file_sha256": self.file_sha256,
             "content_sha256": self.content_sha256,
+            "problems_sha256": self.problems_sha256,
             "num_problems": len(self.problems),
         }
 
@@ -246,9 +248,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def content_sha256(problems: list[Problem]) -> str:
-    """Hash of the normalised problems: identifies what was evaluated whatever file or Hub copy it came from."""
-    payload = json.dumps([asdict(p) for p in problems], sort_keys=True, ensure_ascii=False)
+def content_sha256(problems: list[Problem], *, with_answers: bool = True) -> str:
+    """Hash of the normalised problems: identifies what was evaluated whatever file or Hub copy it came from.
+
+    `with_answers=False` hashes ids and problem texts only: what generation depends on (a corrected gold answer
+    changes the scores, not the completions).
+    """
+    items = [asdict(p) if with_answers else {"id": p.id, "problem": p.problem} for p in problems]
+    payload = json.dumps(items, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -325,7 +332,7 @@ def load_benchmark(
             "or name=owner/dataset[:split]."
         )
     problems = normalize_rows(rows, answer_format, name)
-    digest = content_sha256(problems)
+    digest, prompts_digest = content_sha256(problems), content_sha256(problems, with_answers=False)
     if limit is not None:
         problems = problems[:limit]
-    return Benchmark(name=name, problems=problems, source=origin, file_sha256=sha, content_sha256=digest)
+    return Benchmark(name, problems, origin, sha, content_sha256=digest, problems_sha256=prompts_digest)

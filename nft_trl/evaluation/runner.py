@@ -3,9 +3,11 @@
 `evaluate(model, benchmarks, preset="paper")` samples `n` completions per problem, scores them with the training
 verifier (`nft_trl.math_verifier`), and writes to `output_dir`:
 
-- `samples/<benchmark>.jsonl`: append-only, one header line with the settings and their hash, then one line per
-  finished problem (completions, verifier scores, extracted answers). A rerun reads it back and generates only the
-  problems that are missing; a file written with other settings is refused rather than mixed.
+- `samples/<benchmark>.jsonl`: append-only, one header line with the generation settings and their hash, then one
+  line per finished problem (completions, verifier scores, extracted answers). A rerun reads it back and generates
+  only the problems that are missing; a file written with other generation settings is refused rather than mixed.
+  Scores are not part of those settings: stored completions whose gold answer or verifier (name, version) differ from
+  the current ones are re-scored, not regenerated, so the reported numbers always come from the current verifier.
 - `results.json`: every setting (model, benchmark hashes, verifier and version, prompt, sampling, seed, package
   versions), the metrics with 95% bootstrap intervals, and the per-problem results.
 - `results.md`: the table.
@@ -272,13 +274,35 @@ def evaluate_benchmark(
     sampling: SamplingSettings,
     *,
     verifier: Callable[..., list[float | None]],
+    verifier_info: dict[str, Any] | None = None,
     store: SampleStore | None = None,
     prompt_template: str = "chat",
     instruction: str = BOXED_INSTRUCTION,
     batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate and score the problems `store` does not hold yet; return the records of all problems, in order."""
+    """Generate and score the problems `store` does not hold yet; return the records of all problems, in order.
+
+    Stored records scored against another gold answer or verifier (`verifier_info`) are re-scored from their
+    completions and the new scores appended to the store.
+    """
     done = store.records if store is not None else {}
+    by_id = {p.id: p for p in benchmark.problems}
+    stale = [
+        r
+        for i, r in done.items()
+        if i in by_id and (r["gold"] != by_id[i].answer or r.get("verifier") != verifier_info)
+    ]
+    if stale:
+        logger.info(
+            "%s: re-scoring %d stored problem(s) with the current gold answers and verifier.",
+            benchmark.name,
+            len(stale),
+        )
+        for record in stale:
+            problem = by_id[record["id"]]
+            scores, answers = score_problem(problem, record["completions"], verifier)
+            record.update(gold=problem.answer, scores=scores, answers=answers, verifier=verifier_info)
+        store.add(stale)
     todo = [p for p in benchmark.problems if p.id not in done]
     if len(todo) < len(benchmark.problems):
         logger.info(
@@ -309,6 +333,7 @@ def evaluate_benchmark(
                     "truncated": [s.truncated for s in samples],
                     "num_tokens": [s.num_tokens for s in samples],
                     "completions": texts,
+                    "verifier": verifier_info,
                 }
             )
         if store is not None:
@@ -396,12 +421,12 @@ def evaluate(
         "prompt_template": prompt_template,
         "instruction": instruction,
         "chat_template_sha256": hashlib.sha256(chat_template.encode()).hexdigest() if chat_template else None,
-        "verifier": verifier_info,
     }
     out_dir = Path(output_dir) if output_dir is not None else None
     results: dict[str, Any] = {
         "settings": {
             **common,
+            "verifier": verifier_info,
             "preset": preset,
             "seed": seed,
             "limit": limit,
@@ -419,7 +444,7 @@ def evaluate(
         sample_settings = {
             **common,
             "benchmark": benchmark.name,
-            "benchmark_content_sha256": benchmark.content_sha256,
+            "benchmark_problems_sha256": benchmark.problems_sha256,
             "sampling": sampling.to_dict(),
         }
         store = SampleStore(out_dir / "samples" / f"{benchmark.name}.jsonl", sample_settings) if out_dir else None
@@ -429,6 +454,7 @@ def evaluate(
             benchmark,
             sampling,
             verifier=verifier,
+            verifier_info=verifier_info,
             store=store,
             prompt_template=prompt_template,
             instruction=instruction,
