@@ -56,7 +56,11 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--output_dir", default=None, help="Default: outputs/eval/<model folder name>-<preset>.")
     p.add_argument("--batch_size", type=int, default=None, help="Problems per generate call (and per checkpoint).")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: %(default)s).")
-    p.add_argument("--device", default=None, help="transformers backend: cuda or cpu (default: cuda if available).")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="transformers backend: cuda, cpu, or auto to spread the model over all GPUs (default: cuda if available).",
+    )
     p.add_argument("--tensor_parallel_size", type=int, default=None, help="vLLM tensor parallelism.")
     p.add_argument("--gpu_memory_utilization", type=float, default=None, help="vLLM GPU memory fraction.")
     p.add_argument(

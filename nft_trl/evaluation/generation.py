@@ -109,6 +109,8 @@ class TransformersGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if device == "auto":  # spread a model too large for one GPU over all visible ones
+            return cls(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="auto"), tokenizer, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device), tokenizer, **kwargs)
