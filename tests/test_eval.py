@@ -339,6 +339,22 @@ def test_resume_does_not_regenerate_finished_problems(toy_benchmark, tiny_tokeni
         evaluate("tiny", [f"toy={toy_benchmark}"], generator=third, temperature=1.0, **kwargs)
 
 
+def test_stored_completions_are_rescored_not_regenerated(toy_benchmark, tiny_tokenizer, tmp_path):
+    def always_wrong(completions, solution, **kwargs):
+        return [0.0] * len(completions)
+
+    golds = {f"What is {i} + {i}?": str(2 * i) for i in range(4)}
+    kwargs = {"n": 2, "output_dir": tmp_path / "out", "tokenizer": tiny_tokenizer}
+    first = evaluate(
+        "m", [f"toy={toy_benchmark}"], generator=ScriptedGenerator(golds), verifier=always_wrong, **kwargs
+    )
+    assert first["benchmarks"]["toy"]["metrics"]["avg@2"]["value"] == 0.0
+    no_generation = ScriptedGenerator(golds, fail_after=0)  # raises if asked to generate
+    second = evaluate("m", [f"toy={toy_benchmark}"], generator=no_generation, **kwargs)  # the training verifier
+    assert second["benchmarks"]["toy"]["metrics"]["avg@2"]["value"] == 0.5
+    assert second["settings"]["verifier"]["name"] == "nft_trl.math_verifier.math_verifier"
+
+
 # ------------------------------------------------------------------------------------------------------ generation
 def test_transformers_generator_shapes_and_greedy(tiny_tokenizer):
     model = build_tiny_model(tiny_tokenizer)
