@@ -445,7 +445,8 @@ def test_callback_logs_next_to_grpo_metrics(toy_benchmark, tiny_model_dir, tmp_p
     logged = [entry for entry in trainer.state.log_history if "bench/toy/avg@2" in entry]
     assert [entry["step"] for entry in logged] == [2]
     entry = logged[0]
-    assert 0.0 <= entry["bench/toy/avg@2"] <= 1.0 and "bench/avg" in entry and "bench/toy/pass@2" in entry
+    assert 0.0 <= entry["bench/toy/ci_low"] <= entry["bench/toy/avg@2"] <= entry["bench/toy/ci_high"] <= 1.0
+    assert "bench/avg" in entry and "bench/avg_ci_high" in entry and "bench/toy/pass@2" in entry
     assert "reward" in entry and "loss" in entry  # the same line as GRPO's training metrics
     assert callback.history[0]["step"] == 2
 

@@ -9,8 +9,10 @@ training weights, and scores with the training verifier.
 >>> callback.attach(trainer)  # optional: put it first so that every logger sees its keys  # doctest: +SKIP
 
 How the numbers reach the logs: `on_step_end` evaluates and asks the trainer to log this step
-(`control.should_log = True`); `on_log` then adds the keys (`bench/<name>/avg@<n>`, `bench/<name>/pass@<n>`,
-`bench/avg`, `bench/eval_seconds`) to the `logs` dict being logged and to the matching `state.log_history` entry.
+(`control.should_log = True`); `on_log` then adds the keys (`bench/<name>/avg@<n>`, `bench/<name>/pass@<n>`, the 95%
+bootstrap interval of avg@n as `bench/<name>/ci_low` and `ci_high`, `bench/avg` with `bench/avg_ci_low` and
+`bench/avg_ci_high`, `bench/eval_seconds`) to the `logs` dict being logged and to the matching `state.log_history`
+entry. Forcing a log line at evaluation steps also closes GRPO's metric-averaging window there.
 Callbacks run in order, so loggers registered before this callback (the default ones: console, TensorBoard, W&B...)
 would not see the keys; `attach(trainer)` moves the callback to the front of the trainer's callback list.
 
@@ -143,9 +145,15 @@ class BenchmarkEvalCallback(TrainerCallback):
             for key in (summary["headline"], f"pass@{sampling.n}"):
                 if key in summary["metrics"]:
                     logs[f"{self.prefix}/{benchmark.name}/{key}"] = summary["metrics"][key]["value"]
-        average = average_of(headline, bootstrap_resamples=1)
+            if summary["headline"] in summary["metrics"]:
+                head = summary["metrics"][summary["headline"]]
+                logs[f"{self.prefix}/{benchmark.name}/ci_low"] = head["ci_low"]
+                logs[f"{self.prefix}/{benchmark.name}/ci_high"] = head["ci_high"]
+        average = average_of(headline, seed=self.sampling_args["seed"])
         if average is not None:
             logs[f"{self.prefix}/avg"] = average["value"]
+            logs[f"{self.prefix}/avg_ci_low"] = average["ci_low"]
+            logs[f"{self.prefix}/avg_ci_high"] = average["ci_high"]
         logs[f"{self.prefix}/eval_seconds"] = time.time() - started
         logger.info("Benchmark evaluation at step %d: %s", step, logs)
         return logs
