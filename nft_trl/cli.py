@@ -63,6 +63,7 @@ def add_eval_parser(subparsers) -> None:
     )
     p.add_argument("--tensor_parallel_size", type=int, default=None, help="vLLM tensor parallelism.")
     p.add_argument("--gpu_memory_utilization", type=float, default=None, help="vLLM GPU memory fraction.")
+    p.add_argument("--max_model_len", type=int, default=None, help="vLLM context length (prompt + completion).")
     p.add_argument(
         "--bootstrap_resamples", type=int, default=1000, help="Bootstrap replicates (default: %(default)s)."
     )
@@ -97,6 +98,7 @@ def run_eval(args: argparse.Namespace) -> int:
         device=args.device,
         tensor_parallel_size=args.tensor_parallel_size,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
     )
     print(markdown_table(results))
     print(f"Results: {Path(output_dir) / 'results.json'} (samples under {Path(output_dir) / 'samples'})")

@@ -432,7 +432,6 @@ def evaluate(
             "limit": limit,
             "bootstrap": {"resamples": bootstrap_resamples, "confidence": metrics.DEFAULT_CONFIDENCE, "seed": seed},
             "package_versions": package_versions(),
-            "argv": sys.argv,
         },
         "benchmarks": {},
     }
