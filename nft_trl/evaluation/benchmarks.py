@@ -108,6 +108,7 @@ class Benchmark:
     problems_sha256: str
 
     def provenance(self) -> dict[str, Any]:
+        """Where the problems came from and their hashes, for the results JSON."""
         return {
             "source": self.source,
             "file_sha256": self.file_sha256,
@@ -152,6 +153,7 @@ def normalize_answer(answer: str | None) -> str | None:
 
 
 def _to_text(value: Any) -> str:
+    """Answers as strings; integral floats (AMC23 stores `27.0`) without their `.0`."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
@@ -241,6 +243,7 @@ def normalize_rows(rows: list[dict[str, Any]], answer_format: str, benchmark: st
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK_BYTES):

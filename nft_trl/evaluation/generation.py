@@ -55,6 +55,7 @@ class SamplingSettings:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}.")
 
     def to_dict(self) -> dict:
+        """Plain dict for JSON and settings hashes."""
         return asdict(self)
 
 
@@ -86,6 +87,7 @@ def build_prompt(problem: str, tokenizer=None, *, template: str = "chat", instru
 
 
 def is_vllm_available() -> bool:
+    """Whether vLLM can be imported (without importing it)."""
     return importlib.util.find_spec("vllm") is not None
 
 

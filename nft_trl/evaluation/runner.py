@@ -110,6 +110,7 @@ def load_verifier() -> tuple[Callable[..., list[float | None]], dict[str, Any]]:
 
 
 def describe_verifier(verifier: Callable) -> dict[str, Any]:
+    """Name and version (its module's `__version__`, if any) of a user-supplied verifier."""
     module = sys.modules.get(getattr(verifier, "__module__", ""), None)
     return {
         "name": f"{getattr(verifier, '__module__', '?')}.{getattr(verifier, '__qualname__', repr(verifier))}",
@@ -126,11 +127,13 @@ def _version(package: str) -> str | None:
 
 
 def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape the numbers (`None` when absent)."""
     return {"python": platform.python_version(), **{p: _version(p) for p in REPORTED_PACKAGES}}
 
 
 # ------------------------------------------------------------------------------------------------------ sample store
 def settings_hash(settings: dict[str, Any]) -> str:
+    """Short, order-independent hash of a JSON-serialisable settings dict."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:SETTINGS_HASH_CHARS]
 
 
@@ -212,6 +215,7 @@ def score_problem(
 
 
 def problem_metrics(scores: list[float], answers: list[str | None]) -> dict[str, float]:
+    """avg@n, pass@k (k = 1, 2, 4, ..., n) and maj@n of one problem from its n scores and final answers."""
     n = len(scores)
     correct = int(round(sum(scores)))
     out = {f"avg@{n}": metrics.mean_at_k(scores)}
@@ -244,19 +248,14 @@ def summarize(
         values = [p[key] for p in per_problem]
         low, high = metrics.bootstrap_interval(values, num_resamples=bootstrap_resamples, seed=bootstrap_seed)
         result["metrics"][key] = {"value": _mean(values), "ci_low": low, "ci_high": high}
-    for record, values in zip(scored, per_problem, strict=True):
-        result["per_problem"].append(
-            {
-                "id": record["id"],
-                "gold": record["gold"],
-                **values,
-                "scores": record["scores"],
-                "answers": record["answers"],
-            }
-        )
-    for record in records:
+    values_by_id = {record["id"]: values for record, values in zip(scored, per_problem, strict=True)}
+    for record in records:  # in benchmark order
+        entry = {"id": record["id"], "gold": record["gold"]}
         if record["scores"] is None:
-            result["per_problem"].append({"id": record["id"], "gold": record["gold"], "unscorable": True})
+            entry["unscorable"] = True
+        else:
+            entry.update(values_by_id[record["id"]], scores=record["scores"], answers=record["answers"])
+        result["per_problem"].append(entry)
     result["headline_values"] = [p[result["headline"]] for p in per_problem]
     logger.info("%s: %s = %s", name, result["headline"], result["metrics"].get(result["headline"]))
     return result
