@@ -339,6 +339,26 @@ def test_resume_does_not_regenerate_finished_problems(toy_benchmark, tiny_tokeni
         evaluate("tiny", [f"toy={toy_benchmark}"], generator=third, temperature=1.0, **kwargs)
 
 
+def test_unscorable_problems_are_counted_not_scored(toy_benchmark, tiny_tokenizer, tmp_path):
+    def no_gold_two(completions, solution, **kwargs):
+        return [None if gold == "2" else 1.0 for gold in solution]
+
+    golds = {f"What is {i} + {i}?": str(2 * i) for i in range(4)}
+    results = evaluate(
+        "m",
+        [f"toy={toy_benchmark}"],
+        n=2,
+        output_dir=tmp_path / "out",
+        generator=ScriptedGenerator(golds),
+        tokenizer=tiny_tokenizer,
+        verifier=no_gold_two,
+    )
+    bench = results["benchmarks"]["toy"]
+    assert bench["num_unscorable"] == 1 and bench["metrics"]["avg@2"]["value"] == 1.0
+    assert [p.get("unscorable", False) for p in bench["per_problem"]] == [False, True, False, False]
+    assert "| 4 (1 unscorable) |" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_stored_completions_are_rescored_not_regenerated(toy_benchmark, tiny_tokenizer, tmp_path):
     def always_wrong(completions, solution, **kwargs):
         return [0.0] * len(completions)
