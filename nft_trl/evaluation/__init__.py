@@ -20,7 +20,6 @@ from .benchmarks import (
     load_benchmark,
     normalize_answer,
 )
-from .callback import BenchmarkEvalCallback
 from .generation import SamplingSettings, TransformersGenerator, VLLMGenerator, build_prompt
 from .metrics import bootstrap_interval, maj_at_k, majority_answer, mean_at_k, pass_at_k
 from .runner import PRESETS, evaluate, make_generator, markdown_table, resolve_sampling
@@ -52,3 +51,13 @@ __all__ = [
     "pass_at_k",
     "resolve_sampling",
 ]
+
+
+def __getattr__(name: str):
+    # The callback pulls in transformers' Trainer stack (and peft when installed): seconds of import time that
+    # `nft-trl eval` does not need, so it is imported on first use.
+    if name == "BenchmarkEvalCallback":
+        from .callback import BenchmarkEvalCallback
+
+        return BenchmarkEvalCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
