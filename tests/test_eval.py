@@ -234,6 +234,13 @@ def test_parquet_and_hub_ids(tmp_path, monkeypatch):
     load_benchmark("math500", data_dir=tmp_path)  # not in this folder: falls back to its Hub id
     assert calls[-1] == ("HuggingFaceH4/MATH-500", None, "test")
 
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError, match="no aime24.jsonl in data_dir=.*NFT_TRL_BENCHMARKS_DIR"):
+        load_benchmark("aime24", data_dir=tmp_path)
+
 
 def test_prompt_templates(tiny_tokenizer):
     chat = build_prompt("What is 2 + 2?", tiny_tokenizer)

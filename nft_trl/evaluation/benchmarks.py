@@ -327,7 +327,13 @@ def load_benchmark(
         logger.info(
             "Benchmark %r not found locally (data_dir=%s); loading %s from the Hub.", name, data_dir, known.hub_id
         )
-        rows = _read_hub(known.hub_id, known.hub_split, known.hub_config)
+        try:
+            rows = _read_hub(known.hub_id, known.hub_split, known.hub_config)
+        except Exception as error:  # offline, unknown revision, ...: say where we looked first
+            raise FileNotFoundError(
+                f"Benchmark {name!r}: no {known.filename} in data_dir={data_dir} and loading {known.hub_id} from the "
+                f"Hub failed ({error}). Pass --data_dir or set ${BENCHMARKS_DIR_ENV} to the folder of benchmark files."
+            ) from error
         origin = f"hub:{known.hub_id}:{known.hub_split}"
     else:
         raise ValueError(
