@@ -1,3 +1,5 @@
 """Negative-aware Fine-Tuning (NFT) for TRL."""
 
 __version__ = "0.1.0.dev0"
+
+from nft_trl.math_verifier import make_math_verifier, math_verifier
