@@ -29,6 +29,7 @@ answer cannot be parsed (TRL turns it into NaN and ignores it); a warning is log
 """
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -286,17 +287,13 @@ class _Worker:
 
     def kill_executor(self) -> None:
         if self.executor_pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it already died (crashed): a new one is starting
                 os.kill(self.executor_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # it already died (crashed); the supervisor is starting a new one
 
     def close(self) -> None:
         for connection in (self.tasks, self.results):
-            try:
+            with contextlib.suppress(OSError):
                 connection.close()
-            except OSError:
-                pass
         # Closing the task pipe makes the executor, then the supervisor, exit; kill them if they do not.
         try:
             self.process.wait(timeout=SHUTDOWN_GRACE_S)
