@@ -19,6 +19,7 @@ Protocol (pickled tuples through :class:`multiprocessing.connection.Connection`)
   ``("verdict", unit_id, index, correct)`` per answer (skipped when the gold is not parseable), ``("done", unit_id)``.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,8 +27,24 @@ from collections import OrderedDict
 from multiprocessing.connection import Connection
 
 
-# How many distinct parsed golds an executor keeps: a batch of 512 questions fits, and memory stays bounded.
-GOLD_CACHE_SIZE = 1024
+# Gold/answer pairs graded once in the supervisor before it forks executors: SymPy imports and builds much of itself
+# lazily on first use (simplify, sets, relational solving), and a forked executor inherits that warm state instead of
+# paying for it on its first verifications and again after every kill.
+WARMUP_PAIRS = (
+    (r"\boxed{\frac{1}{2}}", r"\boxed{0.5}"),
+    (r"\boxed{2\sqrt{3}}", r"\boxed{\sqrt{12}}"),
+    (r"\boxed{(1, 2]}", r"\boxed{(1, 3]}"),
+    (r"\boxed{\{1, 2\}}", r"\boxed{\{2, 1\}}"),
+    (r"\boxed{x = 3}", r"\boxed{3}"),
+    (r"\boxed{50\%}", r"The final answer is $0.5$."),
+    (r"\boxed{x^2 + 1}", r"\boxed{(x + 1)^2}"),
+    (r"\boxed{\frac{\pi}{6}}", r"\boxed{30^\circ}"),
+    (r"\boxed{\text{(B)}}", r"\boxed{B}"),
+    (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\boxed{(1, 2)}"),
+)
+# How many parsed texts (golds and answers) an executor keeps: a batch's 512 golds and their distinct answers fit,
+# and memory stays bounded.
+PARSE_CACHE_SIZE = 4096
 
 
 def _configs():
@@ -55,9 +72,26 @@ def verify_parsed(gold: list, answer: list) -> bool:
     return bool(verify(gold, answer, timeout_seconds=None))
 
 
-def _serve(tasks: Connection, results: Connection) -> None:
-    extraction_config = _configs()
-    golds: OrderedDict[str, list] = OrderedDict()
+def _serve(tasks: Connection, results: Connection, extraction_config: list) -> None:
+    # Golds and answers are wrapped and parsed the same way, so one cache serves both: a gold is parsed once per
+    # executor however many answers it is checked against, and an answer seen before (a common wrong value, another
+    # question's gold) is not parsed again.
+    parsed: OrderedDict[str, list] = OrderedDict()
+
+    def parse_cached(text: str) -> list:
+        value = parsed.get(text)
+        if value is not None:
+            parsed.move_to_end(text)
+            return value
+        try:
+            value = parse_text(text, extraction_config)
+        except Exception:  # math-verify swallows most errors; anything left means "nothing parsed"
+            value = []
+        parsed[text] = value
+        if len(parsed) > PARSE_CACHE_SIZE:
+            parsed.popitem(last=False)
+        return value
+
     results.send(("ready", os.getpid()))
     while True:
         try:
@@ -65,22 +99,12 @@ def _serve(tasks: Connection, results: Connection) -> None:
         except (EOFError, OSError):
             return
         _, unit_id, gold_text, answers = message
-        gold = golds.get(gold_text)
-        if gold is None:
-            try:
-                gold = parse_text(gold_text, extraction_config)
-            except Exception:  # math-verify swallows most errors; anything left means "unparseable"
-                gold = []
-            golds[gold_text] = gold
-            if len(golds) > GOLD_CACHE_SIZE:
-                golds.popitem(last=False)
-        else:
-            golds.move_to_end(gold_text)
+        gold = parse_cached(gold_text)
         results.send(("gold", unit_id, bool(gold)))
         if gold:
             for index, answer_text in enumerate(answers):
                 try:
-                    correct = verify_parsed(gold, parse_text(answer_text, extraction_config))
+                    correct = verify_parsed(gold, parse_cached(answer_text))
                 except Exception:
                     correct = False
                 results.send(("verdict", unit_id, index, correct))
@@ -90,7 +114,10 @@ def _serve(tasks: Connection, results: Connection) -> None:
 def main(task_fd: int, result_fd: int) -> None:
     # math-verify warns once per process that its own timeout is disabled: that is deliberate here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    import math_verify  # noqa: F401  (imported once in the supervisor, inherited by every forked executor)
+    extraction_config = _configs()  # imports math-verify once, in the supervisor: every executor inherits it
+    for gold_text, answer_text in WARMUP_PAIRS:
+        with contextlib.suppress(Exception):  # warm-up only
+            verify_parsed(parse_text(gold_text, extraction_config), parse_text(answer_text, extraction_config))
 
     parent_pid = os.getppid()
     tasks = Connection(task_fd, readable=True, writable=False)
@@ -100,7 +127,7 @@ def main(task_fd: int, result_fd: int) -> None:
         if pid == 0:
             code = 0
             try:
-                _serve(tasks, results)
+                _serve(tasks, results, extraction_config)
             except OSError:
                 pass  # the parent is gone (broken pipe): shut down
             except BaseException:

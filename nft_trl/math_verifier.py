@@ -79,6 +79,11 @@ NUMERIC_FAST_PATH_MARGIN = 1e-5
 # Beyond this magnitude float rounding in SymPy is not trusted to match ours: leave such numbers to SymPy.
 NUMERIC_FAST_PATH_MAX_MAGNITUDE = 10**9
 
+# Load balancing: a gold's answers are split into pieces of at least MIN_CHUNK_ANSWERS, and at most about
+# 1 / CHUNKS_PER_WORKER of one worker's share of the batch.
+MIN_CHUNK_ANSWERS = 4
+CHUNKS_PER_WORKER = 4
+
 Mode = Literal["math", "strict"]
 _MODES = ("math", "strict")
 _WORKER_SCRIPT = Path(__file__).with_name("_math_verify_worker.py")
@@ -198,6 +203,11 @@ def normalize_answer(answer: str) -> str:
 _INTEGER = re.compile(r"-?\d+")
 _DECIMAL = re.compile(r"-?\d*\.\d+")
 _FRACTION = re.compile(r"(-?)(?:\\[dt]?frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))")
+# "... The final answer is $12$." ending a completion with no box and no other "answer" in its tail: math-verify's
+# anchored patterns extract exactly that value, so it can be settled by the fast path like a boxed answer.
+_FINAL_ANSWER_AT_END = re.compile(r"final answer is\s*\$([^$]+)\$\s*\.?\s*\Z", re.IGNORECASE)
+# "x = 3": math-verify compares the right-hand side of a one-letter assignment with a gold number.
+_ASSIGNMENT = re.compile(r"[a-zA-Z]\s*=\s*(.*)")
 
 
 def _as_number(text: str) -> tuple[Fraction, bool] | None:
@@ -234,6 +244,66 @@ def _numeric_verdict(gold: tuple[Fraction, bool], answer: tuple[Fraction, bool])
         return None
     if abs(gold_value - answer_value) > NUMERIC_FAST_PATH_MARGIN:
         return False  # apart by more than any 6-decimal rounding can close
+    return None
+
+
+# Spelling differences LaTeX (hence math-verify) ignores. Text-like commands are excluded: spaces count inside them.
+_TEXTUAL = re.compile(r"\\(?:text|mbox|mathrm|operatorname|textbf|mathbf|textit)(?![a-zA-Z])")
+_RELATION = re.compile(r"[=<>]|\\(?:le|ge|leq|geq|ne|neq|approx|equiv|sim|in|to|mid)(?![a-zA-Z])")
+_SPACES = re.compile(r"\s+")
+
+
+def _canonical_spelling(text: str) -> str:
+    r"""``\dfrac``/``\tfrac`` as ``\frac``, no ``\left``/``\right``, no whitespace between symbols.
+
+    Whitespace next to a letter, digit or comma is kept: math-verify reads "2,125" as a number but "2, 125" as two,
+    and "\pi r" is not "\pir".
+    """
+    text = _SIZING.sub("", _FRAC_VARIANT.sub(r"\\frac", text.strip()))
+
+    def space(match: re.Match) -> str:
+        start, end = match.start(), match.end()
+        before = text[start - 1] if start > 0 else ""
+        after = text[end] if end < len(text) else ""
+        meaningful = before.isalnum() or before == "," or after.isalnum() or after == ","
+        return " " if meaningful and before and after else ""
+
+    return _SPACES.sub(space, text)
+
+
+def _strip_assignment(answer: str, gold: str) -> str:
+    """``x = 3`` -> ``3`` when math-verify would compare the right-hand side alone with ``gold``.
+
+    Only for a gold that is not itself a relation, and a right-hand side without commas ("x = 2,125" is not 2125).
+    """
+    assignment = _ASSIGNMENT.fullmatch(answer)
+    if assignment is None or "," in assignment.group(1) or _RELATION.search(gold):
+        return answer
+    return assignment.group(1)
+
+
+def _same_spelling(gold: str, answer: str) -> bool:
+    r"""True when ``answer`` writes ``gold`` up to spelling that cannot change math-verify's verdict.
+
+    Covers spacing, ``\dfrac``, ``\left(``, and a leading one-letter assignment (``x = ...``) when the gold is not
+    itself a relation (math-verify then compares the right-hand side). Anything else is left to SymPy.
+    """
+    if _TEXTUAL.search(gold) or _TEXTUAL.search(answer):
+        return False
+    answer = _strip_assignment(answer, gold)
+    return _canonical_spelling(answer) == _canonical_spelling(gold)
+
+
+def _settle(gold: str, gold_number: tuple[Fraction, bool] | None, answer: str) -> str | None:
+    """Fast path: "right"/"wrong" for number pairs, "same_spelling" for identical spellings, None: ask SymPy."""
+    if gold_number is not None:
+        answer_number = _as_number(_strip_assignment(answer, gold))
+        if answer_number is not None:
+            verdict = _numeric_verdict(gold_number, answer_number)
+            if verdict is not None:
+                return "right" if verdict else "wrong"
+    if answer == gold or _same_spelling(gold, answer):
+        return "right" if gold_number is not None else "same_spelling"
     return None
 
 
@@ -366,9 +436,19 @@ class VerifierPool:
                 self._pid, self._pool = os.getpid(), []
             while len(self._pool) < self.workers:
                 self._pool.append(_Worker())
-            queue = deque()
+            # Longest units first, and none longer than a fair share, so no worker is left with a long tail of work
+            # while the others idle; a split unit's gold is parsed once more, by the worker that takes the other part.
+            total = sum(len(answers) for _, answers in units)
+            chunk = max(MIN_CHUNK_ANSWERS, -(-total // (CHUNKS_PER_WORKER * self.workers)))
+            pieces = []
             for index, (gold, answers) in enumerate(units):
-                queue.append(_Unit(uid=self._new_uid(), index=index, gold=gold, answers=list(answers)))
+                for offset in range(0, max(1, len(answers)), chunk):
+                    pieces.append((index, gold, list(answers[offset : offset + chunk]), offset))
+            pieces.sort(key=lambda piece: len(piece[2]), reverse=True)
+            queue = deque(
+                _Unit(uid=self._new_uid(), index=index, gold=gold, answers=answers, offset=offset)
+                for index, gold, answers, offset in pieces
+            )
             self._drain(queue, results, timeout)
         return results
 
@@ -599,26 +679,23 @@ class MathVerifier:
             if boxed.found:
                 if boxed.content is None or not boxed.content.strip() or len(boxed.content) > MAX_ANSWER_CHARS:
                     continue  # truncated inside the box, empty, or pathological: wrong
-                content = boxed.content.strip()
-                if self.fast_path:
-                    gold_number = gold_numbers[gold]
-                    answer_number = _as_number(content) if gold_number is not None else None
-                    if answer_number is not None:
-                        verdict = _numeric_verdict(gold_number, answer_number)
-                        if verdict is not None:
-                            rewards[row] = float(verdict)
-                            continue
-                    if content == gold:
-                        if gold_number is not None:
-                            rewards[row] = 1.0
-                        else:
-                            exact.setdefault(gold, []).append(row)
-                        continue
-                answer_text = "\\boxed{" + content + "}"
+                candidate = boxed.content.strip()
+                answer_text = "\\boxed{" + candidate + "}"
             else:
                 # Fallback: an explicit final-answer statement near the end, found by math-verify's anchors.
                 answer_text = text[-FALLBACK_TAIL_CHARS:]
-                if not answer_text.strip():
+                mentions = answer_text.lower().count("answer")
+                if self.fast_path and mentions == 0:
+                    continue  # every anchored pattern needs the word "answer": nothing to extract, wrong
+                final = _FINAL_ANSWER_AT_END.search(answer_text) if mentions == 1 else None
+                candidate = final.group(1).strip() if final else None
+            if self.fast_path and candidate:
+                settled = _settle(gold, gold_numbers[gold], candidate)
+                if settled == "same_spelling":
+                    exact.setdefault(gold, []).append(row)  # correct once the gold is known to parse
+                    continue
+                if settled is not None:
+                    rewards[row] = float(settled == "right")
                     continue
             pending.setdefault(gold, {}).setdefault(answer_text, []).append(row)
         for gold in exact:
