@@ -20,8 +20,10 @@ Protocol (pickled tuples through :class:`multiprocessing.connection.Connection`)
 """
 
 import contextlib
+import ctypes
 import logging
 import os
+import signal
 import sys
 from collections import OrderedDict
 from multiprocessing.connection import Connection
@@ -42,6 +44,8 @@ WARMUP_PAIRS = (
     (r"\boxed{\text{(B)}}", r"\boxed{B}"),
     (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\boxed{(1, 2)}"),
 )
+# prctl(2) option: signal this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 # How many parsed texts (golds and answers) an executor keeps: a batch's 512 golds and their distinct answers fit,
 # and memory stays bounded.
 PARSE_CACHE_SIZE = 4096
@@ -111,6 +115,15 @@ def _serve(tasks: Connection, results: Connection, extraction_config: list) -> N
         results.send(("done", unit_id))
 
 
+def _die_with(supervisor_pid: int) -> None:
+    """Make this executor exit when its supervisor dies, so no orphan keeps reading the parent's tasks."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent dies
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor_pid:
+        os._exit(0)  # the supervisor died before the line above took effect
+
+
 def main(task_fd: int, result_fd: int) -> None:
     # math-verify warns once per process that its own timeout is disabled: that is deliberate here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -119,7 +132,7 @@ def main(task_fd: int, result_fd: int) -> None:
         with contextlib.suppress(Exception):  # warm-up only
             verify_parsed(parse_text(gold_text, extraction_config), parse_text(answer_text, extraction_config))
 
-    parent_pid = os.getppid()
+    parent_pid, supervisor_pid = os.getppid(), os.getpid()
     tasks = Connection(task_fd, readable=True, writable=False)
     results = Connection(result_fd, readable=False, writable=True)
     while True:
@@ -127,6 +140,7 @@ def main(task_fd: int, result_fd: int) -> None:
         if pid == 0:
             code = 0
             try:
+                _die_with(supervisor_pid)
                 _serve(tasks, results, extraction_config)
             except OSError:
                 pass  # the parent is gone (broken pipe): shut down

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -410,6 +411,17 @@ class VerifierPool:
         self._pid = os.getpid()
         self._pool: list[_Worker] = []
         self._next_uid = 0
+        _all_pools.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (e.g. a data-loader worker): the workers are the parent's. Drop our copies of their
+        pipes (so the parent's shutdown still reaches them) and a lock another thread may have held at the fork."""
+        self._lock = threading.Lock()
+        for worker in self._pool:
+            for connection in (worker.tasks, worker.results):
+                with contextlib.suppress(OSError):
+                    connection.close()
+        self._pid, self._pool = os.getpid(), []
 
     def __repr__(self) -> str:
         return f"VerifierPool(workers={self.workers}, running={len(self._pool)})"
@@ -432,8 +444,9 @@ class VerifierPool:
         if not units:
             return results
         with self._lock:
-            if os.getpid() != self._pid:  # forked child: the inherited workers belong to the parent
-                self._pid, self._pool = os.getpid(), []
+            for worker in list(self._pool):
+                if worker.process.poll() is not None:  # its supervisor died between calls
+                    self._replace(worker, deque(), results)
             while len(self._pool) < self.workers:
                 self._pool.append(_Worker())
             # Longest units first, and none longer than a fair share, so no worker is left with a long tail of work
@@ -458,10 +471,15 @@ class VerifierPool:
 
     def _drain(self, queue: deque, results: list[_UnitResult], timeout: float) -> None:
         while queue or any(worker.state == "busy" for worker in self._pool):
-            for worker in self._pool:
+            for worker in list(self._pool):
                 if worker.state == "idle" and queue:
                     unit = queue.popleft()
-                    worker.tasks.send(("unit", unit.uid, unit.gold, unit.answers))
+                    try:
+                        worker.tasks.send(("unit", unit.uid, unit.gold, unit.answers))
+                    except OSError:  # its processes died while idle: retry the unit on a fresh worker
+                        queue.appendleft(unit)
+                        self._replace(worker, queue, results)
+                        continue
                     worker.state, worker.unit, worker.position = "busy", unit, -1
                     worker.deadline = time.monotonic() + timeout
             waiting = [worker for worker in self._pool if worker.state != "idle"]
@@ -475,8 +493,13 @@ class VerifierPool:
                 while worker in self._pool and connection.poll():
                     try:
                         message = connection.recv()
-                    except (EOFError, OSError):
-                        self._replace_dead(worker, queue, results)
+                    except (EOFError, OSError):  # the supervisor died (e.g. the OOM killer)
+                        if worker.state == "starting":
+                            raise RuntimeError(
+                                f"A math-verify worker exited during start-up (exit code {worker.process.poll()}); "
+                                "check that `math-verify` and `latex2sympy2_extended` import in this environment."
+                            ) from None
+                        self._replace(worker, queue, results)
                         break
                     self._handle(worker, message, queue, results, timeout)
             now = time.monotonic()
@@ -493,6 +516,8 @@ class VerifierPool:
                     worker.kill_executor()
                     self._fail_current(worker, queue, results)
                     worker.state, worker.deadline = "restarting", now + STARTUP_TIMEOUT_S
+                    if worker.process.poll() is not None:  # no supervisor left to fork a new executor
+                        self._replace(worker, queue, results)
                 elif worker.state in ("starting", "restarting"):
                     raise RuntimeError(
                         f"A math-verify worker did not start within {STARTUP_TIMEOUT_S:.0f} s; check that "
@@ -541,21 +566,28 @@ class VerifierPool:
             )
             queue.appendleft(rest)
 
-    def _replace_dead(self, worker: _Worker, queue: deque, results: list[_UnitResult]) -> None:
-        """The supervisor itself died (e.g. the OOM killer): fail its item and start a fresh worker."""
-        if worker.state == "starting":
-            raise RuntimeError(
-                f"A math-verify worker exited during start-up (exit code {worker.process.poll()}); check that "
-                "`math-verify` and `latex2sympy2_extended` import in this environment."
-            )
+    def _replace(self, worker: _Worker, queue: deque, results: list[_UnitResult]) -> None:
+        """Its supervisor died: fail the item it was on, stop what is left of it, and start a fresh worker."""
         if worker.state == "busy":
             self._fail_current(worker, queue, results)
+        worker.kill_executor()
         worker.close()
         self._pool[self._pool.index(worker)] = _Worker()
 
 
+_all_pools: "weakref.WeakSet[VerifierPool]" = weakref.WeakSet()
 _default_pools: dict[int, VerifierPool] = {}
 _default_pools_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _default_pools_lock, _warned_golds_lock
+    _default_pools_lock, _warned_golds_lock = threading.Lock(), threading.Lock()
+    for pool in list(_all_pools):
+        pool._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_workers() -> int:
@@ -666,15 +698,18 @@ class MathVerifier:
 
     def _grade_math(self, texts: list[str], golds: list[str]) -> list[float | None]:
         rewards: list[float | None] = [0.0] * len(texts)
-        # gold -> {answer text sent to SymPy -> rows}, and gold -> rows settled as exact matches (need a parseable gold)
+        # gold -> {answer text sent to SymPy -> rows}; gold -> rows settled as exact matches (correct if the gold
+        # parses); gold -> all its rows (None if it does not parse).
         pending: dict[str, dict[str, list[int]]] = {}
         exact: dict[str, list[int]] = {}
+        rows_of_gold: dict[str, list[int]] = {}
         gold_numbers = {gold: _as_number(gold) if self.fast_path else None for gold in set(golds)}
         for row, (text, gold) in enumerate(zip(texts, golds, strict=True)):
             if not gold:
                 _warn_unparseable_gold(gold, "is empty")
                 rewards[row] = None
                 continue
+            rows_of_gold.setdefault(gold, []).append(row)
             boxed = _find_last_box(text)
             if boxed.found:
                 if boxed.content is None or not boxed.content.strip() or len(boxed.content) > MAX_ANSWER_CHARS:
@@ -698,8 +733,9 @@ class MathVerifier:
                     rewards[row] = float(settled == "right")
                     continue
             pending.setdefault(gold, {}).setdefault(answer_text, []).append(row)
-        for gold in exact:
-            pending.setdefault(gold, {})  # the gold must still be parsed to know the exact matches count
+        for gold in rows_of_gold:
+            if gold_numbers[gold] is None:
+                pending.setdefault(gold, {})  # a gold that is not a plain number must parse for any verdict to count
 
         if not pending:
             return rewards
@@ -709,9 +745,8 @@ class MathVerifier:
             if not result.gold_parseable:
                 reason = "could not be parsed" if result.gold_parseable is False else "timed out while parsing"
                 _warn_unparseable_gold(gold, reason)
-                for rows in [*answers.values(), exact.get(gold, [])]:
-                    for row in rows:
-                        rewards[row] = None
+                for row in rows_of_gold[gold]:
+                    rewards[row] = None
                 continue
             for rows, verdict in zip(answers.values(), result.verdicts, strict=True):
                 for row in rows:
