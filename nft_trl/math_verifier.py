@@ -5,19 +5,27 @@ the sign of a gradient. This module grades with math-verify (SymPy, latex2sympy2
 training scale:
 
 - **Hard timeout, no signals.** math-verify's own timeouts use ``SIGALRM``, which only works on the main thread. Here
-  its timeouts are disabled and every SymPy step runs in a worker process that is killed (``SIGKILL``) when one
-  verification exceeds ``timeout`` seconds; that answer is graded 0.0 and the worker is replaced in milliseconds
-  (see :mod:`nft_trl._math_verify_worker`). This holds on any thread, inside an asyncio loop, in several processes.
-- **Throughput.** A batch is graded in parallel; each distinct gold is parsed once per worker, identical
-  (gold, answer) pairs are graded once, and plain numbers and exact matches are settled before SymPy.
-- **Answer extraction.** The last ``\boxed{...}`` (nested braces, ``\boxed 5``, ``\fbox{...}``) is the answer.
-  Fallback when there is no box: only an explicit final-answer statement in the last ``FALLBACK_TAIL_CHARS``
-  characters ("the final answer is $x$", "Answer: x"), found by math-verify's anchored patterns; otherwise the
-  answer is wrong (0.0). A box that is opened but never closed is a truncated answer: 0.0. We never grade "the last
-  number in the text", so a truncated completion cannot be graded correct by an intermediate result.
-- **Percentages** (math mode, math-verify's rule): ``50\%`` matches both ``50`` and ``0.5``, in either direction.
+  they are disabled and every SymPy step runs in a worker process that is killed (``SIGKILL``) when one verification
+  exceeds ``timeout`` seconds; that answer is graded 0.0 and the worker is replaced in milliseconds (see
+  :mod:`nft_trl._math_verify_worker`). This holds on any thread, inside an asyncio loop, in several processes, and
+  in forked children (e.g. data-loader workers), which start their own workers. A worker that crashes costs only
+  the answer it was on. Workers are fresh interpreters that import math-verify only (never torch or your script).
+- **Throughput.** A batch is graded in parallel. Each distinct gold is parsed once per batch (once per worker when
+  the answers of a small batch are split across workers for balance), identical (gold, answer) pairs are graded
+  once, and plain numbers, identical spellings and completions with no answer at all are settled before SymPy,
+  with the same verdicts math-verify gives (tested). The pool is created on first use and reused until exit.
+- **Answer extraction.** The last ``\boxed{...}`` (nested braces, ``\boxed 5``, ``\fbox{...}``) is the answer; an
+  earlier box never counts. **Fallback when there is no box:** only an explicit final-answer statement in the last
+  ``FALLBACK_TAIL_CHARS`` (300) characters ("The final answer is $x$", "Answer: x"), found by math-verify's anchored
+  patterns; otherwise the answer is wrong (0.0). We never grade "the last number in the text". A box opened but never
+  closed is a truncated answer: 0.0, as is an empty box or one longer than ``MAX_ANSWER_CHARS`` (1,000) characters.
+- **Percentages** (math mode, math-verify's rule): ``50\%`` equals both ``50`` and ``0.5``, in either direction. In
+  strict mode ``\%`` is dropped before the string match, so ``50\%`` matches ``50`` but not ``0.5``.
+- **Gold answers** (the ``solution`` column): a bare answer, ``$...$``, or a worked solution whose last box is taken.
+  A gold is usable when math-verify extracts anything from ``\boxed{gold}``; otherwise (or when its parse exceeds
+  the timeout) all its completions get ``None`` and one warning is logged for that gold.
 
-Usage with TRL (the name logged is ``rewards/math_verifier/mean``)::
+Usage with TRL (logged as ``rewards/math_verifier/mean``)::
 
     >>> from nft_trl import math_verifier, make_math_verifier
     >>> math_verifier([r"so \boxed{\dfrac{1}{2}}", r"\boxed{0.4}"], solution=["0.5", "0.5"])
@@ -25,7 +33,8 @@ Usage with TRL (the name logged is ``rewards/math_verifier/mean``)::
     >>> strict = make_math_verifier(mode="strict")  # the paper's training verifier (DAPO-style string match)
 
 Rewards: 1.0 correct, 0.0 wrong (no extractable answer and truncated answers included), ``None`` when the gold
-answer cannot be parsed (TRL turns it into NaN and ignores it); a warning is logged once per distinct gold.
+cannot be parsed (TRL turns it into NaN and ignores it). POSIX only (workers fork); Linux also ties each executor's
+life to its supervisor (``PR_SET_PDEATHSIG``).
 """
 
 import atexit
@@ -53,6 +62,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MathVerifier",
     "VerifierPool",
+    "default_workers",
     "extract_last_boxed",
     "get_default_pool",
     "make_math_verifier",
@@ -411,6 +421,7 @@ class VerifierPool:
         self._pid = os.getpid()
         self._pool: list[_Worker] = []
         self._next_uid = 0
+        self.timeouts = 0  # verifications killed for exceeding their timeout, over the pool's life
         _all_pools.add(self)
 
     def _forget_after_fork(self) -> None:
@@ -462,7 +473,16 @@ class VerifierPool:
                 _Unit(uid=self._new_uid(), index=index, gold=gold, answers=answers, offset=offset)
                 for index, gold, answers, offset in pieces
             )
+            timeouts_before = self.timeouts
             self._drain(queue, results, timeout)
+            timed_out = self.timeouts - timeouts_before
+        if timed_out:
+            logger.warning(
+                "math_verifier: %d verification(s) exceeded the %.1f s timeout and were graded 0.0 (their worker "
+                "processes were killed and replaced).",
+                timed_out,
+                timeout,
+            )
         return results
 
     def _new_uid(self) -> int:
@@ -507,12 +527,8 @@ class VerifierPool:
                 if worker.deadline > now:
                     continue
                 if worker.state == "busy":
-                    logger.warning(
-                        "math_verifier: a verification exceeded its %.1f s timeout; its worker was killed and the "
-                        "answer graded 0.0 (gold %r).",
-                        timeout,
-                        worker.unit.gold[:80],
-                    )
+                    logger.debug("math_verifier: timeout on gold %r (item %d)", worker.unit.gold[:80], worker.position)
+                    self.timeouts += 1
                     worker.kill_executor()
                     self._fail_current(worker, queue, results)
                     worker.state, worker.deadline = "restarting", now + STARTUP_TIMEOUT_S
@@ -671,8 +687,16 @@ class MathVerifier:
             raise ValueError(f"workers must be None or >= 0, got {self.workers}.")
         object.__setattr__(self, "__name__", self.name)  # TRL names a reward function by its __name__
 
-    def __call__(self, completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float | None]:
+    def __call__(
+        self, completions: Sequence[Any], solution: Sequence[Any] | None = None, **kwargs: Any
+    ) -> list[float | None]:
         """Grade ``completions`` against the gold answers in ``solution`` (one per completion); ignore ``kwargs``."""
+        if solution is None:
+            columns = sorted(set(kwargs) - {"prompts", "completion_ids", "trainer_state", "log_extra", "log_metric"})
+            raise ValueError(
+                f"{self.name} needs the gold answers in a dataset column named `solution` (TRL passes dataset columns "
+                f"by name); got the columns {columns}. Rename the gold-answer column to `solution`."
+            )
         if len(completions) != len(solution):
             raise ValueError(
                 f"Got {len(completions)} completions but {len(solution)} gold answers in `solution`; TRL passes one "

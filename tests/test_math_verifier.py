@@ -226,6 +226,8 @@ def test_trl_signature_name_and_pickling(verify):
     assert restored.__name__ == "math_verifier" and restored([r"\boxed{2}"], solution=["2"]) == [1.0]
     with pytest.raises(ValueError, match="gold answer"):
         verify([r"\boxed{2}"], solution=["2", "2"])
+    with pytest.raises(ValueError, match="column named `solution`"):
+        verify(prompts=["p"], completions=[r"\boxed{2}"], answer=["2"])
     with pytest.raises(ValueError, match="mode"):
         make_math_verifier("fuzzy")
 
