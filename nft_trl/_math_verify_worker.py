@@ -6,11 +6,14 @@ never torch or the trainer's ``__main__``. It is written to be safe to start fro
 
 Two levels of process:
 
-- the *supervisor* (this script's main process) imports math-verify once, then forks an *executor* and waits;
-- the *executor* reads units of work from ``TASK_FD`` and writes verdicts to ``RESULT_FD``. Its first message is
-  ``("ready", pid)`` so the parent can ``SIGKILL`` it when a verification exceeds its timeout. When an executor dies
-  (killed, or crashed in SymPy/ANTLR), the supervisor forks a fresh one in a few milliseconds, with math-verify
-  already imported. An executor exits cleanly (status 0) when the parent closes ``TASK_FD``; the supervisor then exits.
+- the *supervisor* (this script's main process) imports math-verify once and warms SymPy up (``WARMUP_PAIRS``), then
+  forks an *executor* and waits; it is single-threaded, so forking it is safe;
+- the *executor* reads units of work from ``TASK_FD`` and writes verdicts to ``RESULT_FD``, caching parsed golds and
+  answers. Its first message is ``("ready", pid)`` so the parent can ``SIGKILL`` it when a verification exceeds its
+  timeout. When an executor dies (killed, or crashed in SymPy/ANTLR), the supervisor forks a fresh one in a few
+  milliseconds, with math-verify already imported; a new ``ready`` while a unit is in flight tells the parent that the
+  executor crashed. An executor exits cleanly (status 0) when the parent closes ``TASK_FD`` (or dies); the supervisor
+  then exits. On Linux an executor is also killed if its supervisor dies.
 
 Protocol (pickled tuples through :class:`multiprocessing.connection.Connection`):
 
