@@ -569,8 +569,7 @@ class VerifierPool:
         if unit is None:
             return
         if position < 0:
-            results[unit.index].gold_parseable = None
-            return
+            return  # the gold's parse timed out: gold_parseable stays None unless another piece of it parsed
         results[unit.index].verdicts[unit.offset + position] = False
         if position + 1 < len(unit.answers):
             rest = _Unit(
