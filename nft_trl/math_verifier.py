@@ -474,7 +474,15 @@ class VerifierPool:
                 for index, gold, answers, offset in pieces
             )
             timeouts_before = self.timeouts
-            self._drain(queue, results, timeout)
+            try:
+                self._drain(queue, results, timeout)
+            except BaseException:  # e.g. KeyboardInterrupt: drop the work in flight so no later call sees its results
+                for worker in self._pool:
+                    if worker.state == "busy":
+                        worker.kill_executor()
+                        worker.unit, worker.state = None, "restarting"
+                        worker.deadline = time.monotonic() + STARTUP_TIMEOUT_S
+                raise
             timed_out = self.timeouts - timeouts_before
         if timed_out:
             logger.warning(
