@@ -57,7 +57,7 @@ REASONING = (
 
 
 def load_golds(count: int, start: int = 0) -> tuple[list[str], str]:
-    """Half MATH500 answers, half GSM8K answers (rows `start` to `start + count/2` of each), or a synthetic set."""
+    """Half MATH500 answers, half GSM8K answers (`count / 2` rows of each from row `start`), or a synthetic set."""
     math500, gsm8k = BENCHMARKS_DIR / "math500.jsonl", BENCHMARKS_DIR / "gsm8k_test.jsonl"
     half = count // 2
     if not (math500.is_file() and gsm8k.is_file()):
@@ -67,7 +67,9 @@ def load_golds(count: int, start: int = 0) -> tuple[list[str], str]:
         latex = [json.loads(line)["answer"] for line in f]
     with gsm8k.open() as f:
         numbers = [json.loads(line)["answer"].rsplit("####", 1)[1].strip() for line in f]
-    return latex[start : start + half] + numbers[start : start + count - half], str(BENCHMARKS_DIR)
+    picked = [latex[(start + i) % len(latex)] for i in range(half)]  # wraps around if asked for more than a file has
+    picked += [numbers[(start + i) % len(numbers)] for i in range(count - half)]
+    return picked, str(BENCHMARKS_DIR)
 
 
 def equivalent_form(gold: str, rng: random.Random) -> str:
