@@ -435,16 +435,17 @@ def test_vllm_generator_against_a_stub_vllm(monkeypatch, tiny_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------------- callback
-def test_callback_logs_next_to_grpo_metrics(toy_benchmark, tiny_model_dir, tmp_path):
+def test_callback_logs_next_to_nft_metrics(toy_benchmark, tiny_model_dir, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+
+    from nft_trl import NFTConfig, NFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     train = Dataset.from_list([{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(8)])
-    config = GRPOConfig(
-        output_dir=str(tmp_path / "grpo"),
+    config = NFTConfig(
+        output_dir=str(tmp_path / "nft"),
         use_cpu=True,
         bf16=False,
         report_to="none",
@@ -457,7 +458,7 @@ def test_callback_logs_next_to_grpo_metrics(toy_benchmark, tiny_model_dir, tmp_p
         seed=0,
     )
     callback = BenchmarkEvalCallback([f"toy={toy_benchmark}"], eval_steps=2, limit=2, n=2, max_tokens=4)
-    trainer = GRPOTrainer(
+    trainer = NFTTrainer(
         model=model,
         reward_funcs=lambda completions, **kwargs: [float(len(c[0]["content"]) % 2) for c in completions],
         args=config,
@@ -474,7 +475,7 @@ def test_callback_logs_next_to_grpo_metrics(toy_benchmark, tiny_model_dir, tmp_p
     entry = logged[0]
     assert 0.0 <= entry["bench/toy/ci_low"] <= entry["bench/toy/avg@2"] <= entry["bench/toy/ci_high"] <= 1.0
     assert "bench/avg" in entry and "bench/avg_ci_high" in entry and "bench/toy/pass@2" in entry
-    assert "reward" in entry and "loss" in entry  # the same line as GRPO's training metrics
+    assert "nft/correct_rate" in entry and "loss" in entry  # the same line as the training metrics
     assert callback.history[0]["step"] == 2
 
 
