@@ -114,18 +114,23 @@ def build_dataset(num_prompts: int = 64) -> Dataset:
     )
 
 
+def stop_position(row: int, length: int) -> int:
+    """Where `scripted_row` puts EOS: spread over [length/2, length) so that a batch of 16 pads to ~0.96 * length."""
+    return length // 2 + (row * 97) % (length - length // 2)
+
+
 def scripted_row(row: int, length: int, num_ids: int, eos: int) -> list[int]:
-    """A fixed completion for batch row `row`: varied ids below `num_ids` (the tokenizer's), EOS at a row-dependent
-    position between length/2 and length (so the padded batch always spans the full completion length)."""
+    """A fixed completion for batch row `row`: varied ids below `num_ids` (the tokenizer's), then EOS."""
     tokens = [3 + (row * 7 + t * 13 + row * t) % (num_ids - 3) for t in range(length)]  # ids 0-2 are special tokens
-    stop = length // 2 + row % (length // 2)
-    tokens[stop] = eos
+    tokens[stop_position(row, length)] = eos
     return tokens
 
 
-def completion_tokens(batch_size: int, length: int) -> int:
-    """Completion tokens (EOS included) that `scripted_row` gives a batch: what a trainer trains on per step."""
-    return sum(length // 2 + row % (length // 2) + 1 for row in range(batch_size))
+def completion_tokens(batch_size: int, length: int) -> tuple[int, int]:
+    """`(tokens, padded_length)` of a scripted batch: completion tokens trained on (EOS included) and the padded
+    completion length the forward pass processes."""
+    stops = [stop_position(row, length) + 1 for row in range(batch_size)]
+    return sum(stops), max(stops)
 
 
 def install_scripted_generation(num_ids: int):
@@ -242,19 +247,20 @@ def parity_check(base_model, tokenizer, opts) -> dict:
                 times[kind].extend(step_times)
                 peaks[kind].append(peak)
 
-    tokens = completion_tokens(opts.batch_size, opts.completion_length)
+    tokens, padded = completion_tokens(opts.batch_size, opts.completion_length)
     print(
-        f"parity: batch {opts.batch_size} ({opts.num_generations} per prompt), completions {opts.completion_length} "
-        f"tokens ({tokens} per step), {opts.rounds} rounds x ({opts.warmup} warm-up + {opts.steps} measured) steps per "
-        "trainer, interleaved; generation replaced by a fixed script (time = whole optimizer step without sampling)"
+        f"parity: batch {opts.batch_size} ({opts.num_generations} per prompt), completions up to "
+        f"{opts.completion_length} tokens (padded to {padded}; {tokens} trained tokens per step), {opts.rounds} round(s) per trainer x ({opts.warmup} warm-up + {opts.steps} "
+        "measured) steps, interleaved; generation replaced by a fixed script (time = whole optimizer step without sampling)"
     )
     medians = {kind: statistics.median(times[kind]) for kind in times}
     peak = {kind: max(peaks[kind]) for kind in peaks}
     for kind in ("nft", "grpo"):
         spread = f"{1e3 * min(times[kind]):.1f}-{1e3 * max(times[kind]):.1f}"
+        memory = f"{peak[kind] / 2**20:9.1f} MiB" if torch.cuda.is_available() else "n/a (CPU)"
         print(
             f"{kind:<5} median step {1e3 * medians[kind]:9.1f} ms (min-max {spread} ms), "
-            f"peak GPU memory {peak[kind] / 2**20:9.1f} MiB, {tokens / medians[kind]:10.1f} completion tokens/s"
+            f"peak GPU memory {memory}, {tokens / medians[kind]:10.1f} completion tokens/s"
         )
     time_ratio = medians["nft"] / medians["grpo"]
     memory_ratio = peak["nft"] / peak["grpo"] if peak["grpo"] > 0 else float("nan")
@@ -298,16 +304,16 @@ def gradient_check(base_model, tokenizer, opts) -> dict:
     `nft_per_token_loss`, summed over a constant as `loss_type="dr_grpo"`); the log-probs come from GRPOTrainer's own
     `_get_per_token_logps_and_entropies` (TRL's fused LM head), with and without `torch.autocast(bfloat16)`.
 
-    What the errors mean (the reasoning to check against the printed numbers):
-    - TRL's fused head returns fp32 log-probs even under autocast (bf16 logit tiles, fp32 log-sum-exp), so the NFT loss
-      arithmetic itself runs in fp32 and `1 - r_hat * R` does not cancel in bf16. The error of the per-token
+    What the errors should be (reasoning written before any GPU run: check it against the printed numbers):
+    - TRL's fused head returns fp32 log-probs even under autocast (bf16 matmul inputs, fp32 log-sum-exp; the line
+      "log-probs ... are torch.float32" checks it), so the NFT loss arithmetic itself runs in fp32 and `1 - r_hat * R` does not cancel in bf16. The error of the per-token
       gradient is that of the bf16 forward: `d coef / d log R` times the log-prob error. Correct tokens have a
       constant coefficient (`-w`) and no error at all; wrong tokens' coefficient is `w r_hat R / ((1 - r_hat)
       max(x, eps))`, so its relative error is about `|log-prob error| * (1 + r_hat R / ((1 - r_hat) x))` while
       unclamped: it grows as x falls toward eps (small eps amplifies it by up to 1/eps), and once clamped it is only
       `|log-prob error|` (the value of x no longer enters). Near R = 1/r_hat, x is ~0 and always clamped: the
-      cancellation in x changes the floored value only, never the gradient. This is why the eps = 0.1 ablation
-      (printed too) shows a larger near-clamp error than the default eps = 1.
+      cancellation in x changes the floored value only, never the gradient. So the eps = 0.1 ablation (printed too)
+      should show a larger near-clamp error than the default eps = 1, by up to r_hat R / ((1 - r_hat) eps).
     - The "loss in bf16" line shows what would happen if the loss were computed on bf16 log-probs (a trainer or
       kernel that returns bf16 log-probs): the log-ratio of two nearly equal numbers around -12 is then quantised to
       2^-4 = 0.06, i.e. 6% ratio error, and the near-clamp coefficient error follows. Keep log-probs in fp32.
@@ -317,14 +323,16 @@ def gradient_check(base_model, tokenizer, opts) -> dict:
       not the NFT loss, sets the error.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    batch, length, k = opts.batch_size, opts.completion_length, opts.num_generations
+    # A smaller batch than the parity runs: two forward graphs (fp32 and bf16) stay alive for repeated backward passes.
+    # Groups of 4 answers, so that the batch holds groups with different r_hat.
+    batch, length, k = opts.grad_batch_size, opts.completion_length, min(opts.num_generations, 4)
     eos = tokenizer.eos_token_id
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, tokenize=False
     )
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     completions = torch.tensor([scripted_row(b, length, len(tokenizer), eos) for b in range(batch)])
-    stops = torch.tensor([length // 2 + b % (length // 2) for b in range(batch)])
+    stops = torch.tensor([stop_position(b, length) for b in range(batch)])
     mask = (torch.arange(length).unsqueeze(0) <= stops.unsqueeze(1)).float()  # up to and including EOS
     prompt_ids = torch.tensor(prompt).repeat(batch, 1)
     input_ids = torch.cat([prompt_ids, completions], dim=1).to(device)
@@ -555,14 +563,15 @@ def parse_args(argv=None):
     parser.add_argument(
         "--rounds", type=int, default=None, help="rounds per trainer, alternating NFT and GRPO (GPU 2)"
     )
+    parser.add_argument("--grad-batch-size", type=int, default=None, help="gradient check batch (GPU 8, dry run 4)")
     parser.add_argument("--negative-clip", type=float, default=1.0, help="eps of the gradient check (0.1 also runs)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--zero3-steps", type=int, default=3)
     parser.add_argument("--zero3-port", type=int, default=29533)
     parser.add_argument("--zero3-worker", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    gpu_defaults = dict(batch_size=16, num_generations=8, completion_length=512, steps=5, rounds=2)
-    dry_defaults = dict(batch_size=4, num_generations=2, completion_length=16, steps=1, rounds=1)
+    gpu_defaults = dict(batch_size=16, num_generations=8, completion_length=512, steps=5, rounds=2, grad_batch_size=8)
+    dry_defaults = dict(batch_size=4, num_generations=2, completion_length=16, steps=1, rounds=1, grad_batch_size=4)
     for name, value in (dry_defaults if opts.dry_run else gpu_defaults).items():
         if getattr(opts, name) is None:
             setattr(opts, name, value)
