@@ -14,15 +14,18 @@ Four checks, each printing its own lines, then a summary block with the targets:
    (NFT, GRPO, GRPO, NFT) so that clock and thermal drift hit both alike; each round drops its first `--warmup` steps.
    Generation is replaced by a fixed script (identical completions for both trainers), so the time is that of a whole
    optimizer step minus sampling: scripted "generation", reward, forward, backward, optimizer. CUDA is synchronised
-   at each step boundary. Prints step time, peak memory (CUDA allocator peak above the round's start) and completion
-   tokens per second for each trainer, and the ratios.
+   at each step boundary. Prints step time, peak memory (CUDA allocator peak above the round's start, smallest over
+   rounds) and completion tokens per second for each trainer, and the ratios.
 3. bf16 numerics. On one batch, the NFT loss gradient with the forward under bf16 autocast vs in fp32: relative error
    of the parameter gradient and of the per-token gradient dL/dlog pi, overall and on wrong-answer tokens near the
-   clamp (x close to eps) and near the sign change of x (R close to 1/r_hat). Comments at `gradient_check` explain
-   what dominates.
+   clamp (x close to eps) and near the sign change of x (R close to 1/r_hat). The docstring of `gradient_check`
+   explains what should dominate.
 4. ZeRO-3. When DeepSpeed is importable and a GPU is present, `accelerate launch` runs NFTTrainer for a few steps in
    one process under DeepSpeed ZeRO-3 with the shipped accelerate config (`nft_trl/accelerate_configs/zero3.yaml`,
-   or the equivalent settings built here when the package does not ship it). Otherwise prints a SKIP line.
+   or the equivalent settings built here when the package does not ship it). Otherwise prints a SKIP line. One
+   process checks the ZeRO-3 code paths (partitioned parameters gathered by TRL's fused LM head, pi_old forward,
+   DeepSpeed's backward and step, NFT's metric reduction); it cannot show ranks making different collective calls,
+   which needs two GPUs (NCCL does not put two ranks on one GPU).
 
 Targets: step-time ratio NFT/GRPO <= 1.02, peak-memory ratio <= 1.01, bf16-vs-fp32 gradient relative error reported
 (flagged above 1e-2), ZeRO-3 steps complete. The dry run's numbers come from a tiny model on a CPU: they show that the
@@ -549,7 +552,9 @@ def zero3_worker(opts) -> None:
     install_scripted_generation(len(tokenizer))
     model = build_model(tokenizer, opts.dry_run)
     with tempfile.TemporaryDirectory() as workdir:
-        config = NFTConfig(**trainer_args(opts, workdir, max_steps=opts.zero3_steps))
+        # num_iterations=2: every generation batch is trained on twice, so TRL computes pi_old (one more forward
+        # under ZeRO-3) and the second step is off-policy, as in the paper's recipe: the clamp and ratio paths run.
+        config = NFTConfig(**trainer_args(opts, workdir, max_steps=opts.zero3_steps, num_iterations=2))
         trainer = NFTTrainer(
             model, reward_funcs=[parity_reward], args=config, train_dataset=build_dataset(), processing_class=tokenizer
         )
