@@ -118,8 +118,9 @@ def require_columns(dataset: Dataset, columns: Sequence[str], dataset_format: st
 
 def from_prompt_solution(dataset: Dataset, name: str = "dataset") -> Dataset:
     require_columns(dataset, ("prompt", "solution"), "prompt_solution", name)
-    if dataset.features["solution"].dtype != "string":
-        dataset = dataset.map(lambda row: {"solution": str(row["solution"])})
+    if getattr(dataset.features["solution"], "dtype", None) != "string":
+        dataset = dataset.map(lambda row: {"gold": str(row["solution"])}, remove_columns=["solution"])
+        dataset = dataset.rename_column("gold", "solution")
     if "data_source" not in dataset.column_names:
         dataset = dataset.add_column("data_source", [name] * len(dataset))
     return dataset
