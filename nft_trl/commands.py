@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ def parse_run(argv: list[str], prog: str) -> ParsedRun:
     from .scripts.train_nft import make_parser
 
     argv = list(argv)
+    # GRPOConfig's own default sets the alias transformers 5 deprecates; the launcher's output should show the recipe.
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     recipe_values: dict[str, Any] = {}
     recipe = None
     if "--config" in argv:
