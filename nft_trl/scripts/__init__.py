@@ -1,0 +1,1 @@
+"""Training scripts launched by `nft-trl train` (through `accelerate launch`)."""

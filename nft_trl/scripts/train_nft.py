@@ -1,0 +1,217 @@
+"""Train a model with NFT (or a GRPO/DAPO/RFT baseline) on a math dataset, from a YAML recipe and/or flags.
+
+Launched by `nft-trl train --config recipe.yaml` through `accelerate launch`; it can also be run directly:
+
+    accelerate launch --config_file nft_trl/accelerate_configs/zero3.yaml nft_trl/scripts/train_nft.py \
+        --config nft_trl/recipes/Qwen2.5-Math-7B/nft/config_paper.yaml
+
+Arguments are three dataclasses parsed by TRL's `TrlParser`: `NFTScriptArguments` (data, rewards, which trainer),
+`NFTConfig` (training) and TRL's `ModelConfig` (model loading, LoRA). `--help` lists them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import GRPOConfig, ModelConfig, TrlParser
+
+from nft_trl.nft_config import NFTConfig
+
+
+logger = logging.getLogger(__name__)
+
+#: Reward functions selectable by name; anything else in `reward_funcs` is read as a dotted import path.
+#: Values are import paths so that the heavy verifier loads only when used.
+REWARD_FUNCS = {"math_verifier": "nft_trl.math_verifier.math_verifier"}
+
+
+@dataclass
+class NFTScriptArguments:
+    """Data, rewards and trainer choice of the training script (the training hyper-parameters are in `NFTConfig`)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id (e.g. BytedTsinghua-SIA/DAPO-Math-17k) or local path: a .parquet/.jsonl/.json/.csv file, "
+            "a folder of such files, or a dataset saved with save_to_disk."
+        },
+    )
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "'dapo' (DAPO-Math-17k: repeats dropped, the paper's \\boxed{} prompt), 'verl' (prompt, "
+            "reward_model.ground_truth, data_source), 'prompt_solution' (columns prompt and solution), or 'auto'.",
+            "choices": ["auto", "dapo", "verl", "prompt_solution"],
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name on the Hub."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={"help": "Split to evaluate on (used when eval_strategy is not 'no'); see also eval_fraction."},
+    )
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Without dataset_test_split: fraction of the training questions held out for evaluation."},
+    )
+    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on at most this many questions."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on at most this many questions (smoke tests)."}
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Drop the questions whose prompt is longer than this many tokens (TRL does not truncate "
+            "prompts; verl's filter_overlong_prompts). The paper: 512 (7B), 2048 (32B)."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["math_verifier"],
+        metadata={
+            "help": "Reward functions by name (math_verifier) or dotted import path (my_pkg.rewards.fn). The first "
+            "one gives NFT's correct/wrong verdict unless correctness_reward names another."
+        },
+    )
+    method: str = field(
+        default="nft",
+        metadata={
+            "help": "'nft': NFTTrainer (NFT, or RFT with negative_weight 0). 'grpo': TRL's GRPOTrainer for the "
+            "GRPO / Dr. GRPO / DAPO baselines (loss_type, epsilon_high, scale_rewards); NFT-only fields are ignored.",
+            "choices": ["nft", "grpo"],
+        },
+    )
+
+
+def load_default_model_and_data(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: ModelConfig):
+    """What to train when no model is given. The single place for a built-in default model and task.
+
+    Returns `(model, train_dataset, eval_dataset)`; for now there is no default.
+    """
+    raise ValueError(
+        "No model given: pass --model_name_or_path (a Hub id or a local folder) and --dataset_name (a Hub id or a "
+        "local .parquet/.jsonl file), or --config with a recipe that sets them."
+    )
+
+
+def resolve_reward_funcs(names: list[str]) -> list[Any]:
+    funcs = []
+    for name in names:
+        path = REWARD_FUNCS.get(name, name)
+        if "." not in path:
+            raise ValueError(
+                f"Unknown reward function {name!r}: use one of {', '.join(REWARD_FUNCS)} or a dotted import path "
+                "(my_pkg.rewards.my_reward)."
+            )
+        module_name, attr = path.rsplit(".", 1)
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # let recipes name reward functions in the launch directory
+        funcs.append(getattr(importlib.import_module(module_name), attr))
+    return funcs
+
+
+def grpo_config_from(args: NFTConfig) -> GRPOConfig:
+    """The same run as a `GRPOConfig`, for the GRPO / DAPO baselines (NFT-only fields dropped)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(GRPOConfig) if f.init}
+    # GRPOConfig derives generation_batch_size from steps_per_generation and refuses both at once.
+    values["generation_batch_size"] = None
+    return GRPOConfig(**values)
+
+
+def load_datasets(script_args: NFTScriptArguments, training_args: NFTConfig, tokenizer: Any):
+    from nft_trl.data import filter_long_prompts, load_math_dataset
+
+    def load(split: str):
+        return load_math_dataset(
+            script_args.dataset_name, script_args.dataset_format, split=split, config=script_args.dataset_config
+        )
+
+    train = load(script_args.dataset_train_split)
+    if script_args.max_prompt_length is not None:
+        train = filter_long_prompts(train, tokenizer, script_args.max_prompt_length)
+    evaluate = training_args.eval_strategy != "no"
+    eval_dataset = None
+    if evaluate and script_args.dataset_test_split is not None:
+        eval_dataset = load(script_args.dataset_test_split)
+    elif evaluate and script_args.eval_fraction > 0:
+        split = train.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        train, eval_dataset = split["train"], split["test"]
+    elif evaluate:
+        raise ValueError(
+            "eval_strategy is set but there is nothing to evaluate: set dataset_test_split or eval_fraction."
+        )
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if eval_dataset is not None and script_args.eval_limit is not None:
+        eval_dataset = eval_dataset.select(range(min(script_args.eval_limit, len(eval_dataset))))
+    return train, eval_dataset
+
+
+def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: ModelConfig) -> None:
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer, get_peft_config, get_quantization_config
+
+    from nft_trl.nft_trainer import NFTTrainer
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
+    )
+    if model_args.model_name_or_path is None:
+        model, train_dataset, eval_dataset = load_default_model_and_data(script_args, training_args, model_args)
+        tokenizer = None
+    else:
+        if script_args.dataset_name is None:
+            raise ValueError("--dataset_name is required with --model_name_or_path (a Hub id or a local file).")
+        model = model_args.model_name_or_path
+        model_init_kwargs = dict(
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+            attn_implementation=model_args.attn_implementation,
+            dtype=model_args.dtype,
+        )
+        quantization_config = get_quantization_config(model_args)
+        if quantization_config is not None:
+            from trl.trainer.utils import get_kbit_device_map
+
+            model_init_kwargs.update(quantization_config=quantization_config, device_map=get_kbit_device_map())
+        training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+        tokenizer = AutoTokenizer.from_pretrained(
+            model, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
+        train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer)
+    logger.info("Training on %d questions (%s)", len(train_dataset), script_args.dataset_name)
+
+    if script_args.method == "grpo":
+        trainer_class, args = GRPOTrainer, grpo_config_from(training_args)
+    else:
+        trainer_class, args = NFTTrainer, training_args
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=resolve_reward_funcs(script_args.reward_funcs),
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    logger.info("Model saved to %s", training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
+        trainer.end()
+
+
+def make_parser(config_class: type[NFTConfig] = NFTConfig, prog: str | None = None) -> TrlParser:
+    return TrlParser((NFTScriptArguments, config_class, ModelConfig), prog=prog)
+
+
+if __name__ == "__main__":
+    # Keys of the recipe that are not fields (e.g. num_processes, accelerate_config) were for the launcher.
+    main(*make_parser().parse_args_and_config(fail_with_unknown_args=False))

@@ -1,0 +1,313 @@
+"""`nft-trl train / check / vllm-serve` (nft_trl.commands), the shipped recipes and accelerate configs, offline on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import nft_trl
+from nft_trl.commands import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
+from nft_trl.nft_config import NFTConfig
+from nft_trl.preflight import KNOWN_MODELS, RECIPES_DIR, arithmetic, launch_from, model_shape, shipped_recipes
+
+
+PACKAGE_ROOT = Path(nft_trl.__file__).resolve().parents[1]
+RECIPE_7B = "Qwen2.5-Math-7B/nft/config_paper"
+RECIPE_32B = "Qwen2.5-32B/nft/config_paper"
+
+
+def write_recipe(tmp_path, **values) -> str:
+    """A small recipe on a known model: valid for 2 processes unless `values` say otherwise."""
+    recipe = dict(
+        model_name_or_path="Qwen/Qwen2.5-Math-1.5B",
+        max_prompt_length=512,
+        num_generations=16,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=8,
+        steps_per_generation=8,
+        max_completion_length=1024,
+        num_processes=2,
+    )
+    recipe.update(values)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in recipe.items() if v is not None}))
+    return str(path)
+
+
+def run_check(capsys, *argv) -> tuple[int, str]:
+    code = check_main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shipped recipes and configs
+
+
+def test_recipes_are_shipped():
+    names = shipped_recipes()
+    for expected in (RECIPE_7B, RECIPE_32B, "Qwen2.5-Math-7B/rft/config_paper", "Qwen2.5-Math-7B/grpo/config_paper"):
+        assert expected in names
+    assert "Qwen2.5-Math-7B/dapo/config_paper" in names and "Qwen2.5-Math-1.5B/nft/config_1gpu_lora" in names
+
+
+@pytest.mark.parametrize("recipe", shipped_recipes())
+def test_every_recipe_passes_check_for_its_gpu_count(capsys, recipe):
+    documented = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text())["num_processes"]
+    code, out = run_check(capsys, "--config", recipe)
+    assert code == 0, out
+    assert f"{documented} process" in out and "Result: OK" in out and "fits in 80 GB" in out
+
+
+@pytest.mark.parametrize(("recipe", "gpus"), [(RECIPE_7B, 32), (RECIPE_32B, 128)])
+def test_paper_recipes_reproduce_the_papers_arithmetic(recipe, gpus):
+    run = parse_run(["--config", recipe], prog="test")
+    assert not run.errors and run.launch.num_processes == gpus and run.launch.zero_stage == 3
+    arith = arithmetic(run.training_args, gpus, run.script_args.max_prompt_length)
+    assert arith.questions_per_generation == 512 and arith.num_generations == 16
+    assert arith.answers_per_optimizer_step == 512  # 32 questions x 16 answers
+    assert arith.optimizer_steps_per_generation == 16 and not arith.on_policy
+    args = run.training_args
+    assert isinstance(args, NFTConfig) and args.learning_rate == 1e-6 and args.weight_decay == 0.1
+    assert args.negative_weight == 1.0 and args.negative_clip == 1.0 and args.prompt_weighting == "incorrect_rate"
+    assert args.beta == 0.0 and args.temperature == 1.0 and args.top_p == 1.0 and args.use_vllm
+    assert run.script_args.dataset_format == "dapo" and run.model_args.dtype == "bfloat16"
+    assert arith.max_steps / arith.optimizer_steps_per_generation == 320
+
+
+def test_baselines_differ_from_nft_only_in_the_method():
+    base = yaml.safe_load((RECIPES_DIR / f"{RECIPE_7B}.yaml").read_text())
+    base.pop("output_dir")
+    expected_diffs = {
+        "rft": {"negative_weight": 0.0, "prompt_weighting": "none"},
+        "grpo": {"method": "grpo", "loss_type": "grpo"},
+        "dapo": {"method": "grpo", "loss_type": "dapo", "epsilon_high": 0.28},
+    }
+    for method, diffs in expected_diffs.items():
+        recipe = yaml.safe_load((RECIPES_DIR / f"Qwen2.5-Math-7B/{method}/config_paper.yaml").read_text())
+        recipe.pop("output_dir")
+        assert recipe == {**base, **diffs}, method
+
+
+def test_grpo_baseline_builds_a_grpo_config():
+    from trl import GRPOConfig
+
+    from nft_trl.scripts.train_nft import grpo_config_from
+
+    run = parse_run(["--config", "Qwen2.5-Math-7B/dapo/config_paper", "--num_processes", "1"], prog="test")
+    config = grpo_config_from(run.training_args)
+    assert type(config) is GRPOConfig
+    assert config.loss_type == "dapo" and config.epsilon_high == 0.28 and config.steps_per_generation == 64
+    assert config.weight_decay == 0.1 and config.lr_scheduler_type == "constant_with_warmup"
+
+
+@pytest.mark.parametrize(
+    ("name", "stage", "offload"),
+    [
+        ("single_gpu", 0, False),
+        ("multi_gpu", 0, False),
+        ("zero2", 2, False),
+        ("zero3", 3, False),
+        ("zero3_offload", 3, True),
+    ],
+)
+def test_accelerate_configs_by_name(name, stage, offload):
+    launch = launch_from(name, None)
+    assert launch.zero_stage == stage and launch.offload_optimizer == offload and launch.offload_params == offload
+    assert launch_from(name, 16).num_processes == 16
+
+
+def test_unknown_accelerate_config_lists_the_shipped_ones(capsys):
+    code, out = run_check(capsys, "--config", RECIPE_7B, "--accelerate_config", "zero4")
+    assert code == 1 and "zero3_offload" in out
+
+
+def test_model_sizes():
+    # The built-in table gives the parameter counts of the models' published checkpoints.
+    assert KNOWN_MODELS["Qwen/Qwen2.5-Math-1.5B"].num_params() == 1_543_714_304
+    assert KNOWN_MODELS["Qwen/Qwen2.5-Math-7B"].num_params() == 7_615_616_512
+    assert KNOWN_MODELS["Qwen/Qwen2.5-32B"].num_params() == 32_763_876_352
+    assert model_shape("/no/such/org/model")[0] is None
+
+
+def test_model_size_from_local_config(tiny_model_path, tiny_model):
+    shape, source = model_shape(tiny_model_path)
+    assert source.endswith("config.json")
+    assert shape.num_params() == sum(p.numel() for p in tiny_model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parsing: flags over YAML, world size, launcher options
+
+
+def test_flags_override_yaml_and_set_world_size(capsys):
+    run = parse_run(
+        ["--config", RECIPE_7B, "--learning_rate", "2e-6", "--num_processes", "64", "--max_steps", "10"], prog="test"
+    )
+    assert not run.errors
+    assert run.training_args.learning_rate == 2e-6 and run.training_args.max_steps == 10
+    assert run.launch.num_processes == 64 and run.training_args.generation_batch_size == 4 * 64 * 64
+    code, out = run_check(capsys, "--config", RECIPE_7B, "--num_processes", "64")
+    assert code == 0 and "16,384   (= per_device_train_batch_size 4 x 64 processes" in out
+
+
+def test_config_valid_only_for_the_real_world_size(tmp_path, capsys):
+    # 1 x 2 processes x 8 = 16 answers: one question. With one process (what TRL's launcher assumes) it is 8 answers,
+    # which NFTConfig rejects.
+    recipe = write_recipe(tmp_path)
+    assert run_check(capsys, "--config", recipe)[0] == 0
+    with pytest.raises(ValueError, match="divisible by num_generations"):
+        NFTConfig(
+            output_dir=str(tmp_path),
+            num_generations=16,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=8,
+            steps_per_generation=8,
+        )
+    code, out = run_check(capsys, "--config", recipe, "--num_processes", "3")
+    assert code == 1 and "Set steps_per_generation to a multiple of 16" in out
+
+
+def test_unknown_keys_go_to_accelerate(tmp_path):
+    recipe = write_recipe(tmp_path, num_machines=1)
+    argv = ["--config", recipe, "--machine_rank", "0", "--main_process_ip", "10.0.0.1", "--accelerate_config", "zero2"]
+    argv += ["--learning_rate", "3e-6", "--gpu_memory_gb=40"]
+    run = parse_run(argv, prog="test")
+    assert not run.errors and run.launch.zero_stage == 2 and run.options["gpu_memory_gb"] == 40
+    assert run.accelerate_args == ["--num_machines", "1", "--machine_rank", "0", "--main_process_ip", "10.0.0.1"]
+    assert _without_launch_options(run.argv, run.cli_unknown) == ["--config", recipe, "--learning_rate", "3e-6"]
+
+
+def test_help_lists_every_field(capsys):
+    assert train_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--negative_weight", "--prompt_weighting", "--steps_per_generation", "--use_vllm", "--lora_r"):
+        assert flag in out
+    for flag in ("--dataset_format", "--reward_funcs", "--method", "--accelerate_config", "--num_processes"):
+        assert flag in out
+    assert "Weight of the loss on wrong answers" in out  # help texts come from the dataclass metadata
+
+
+def test_vllm_serve_hands_over_to_trl(capsys):
+    assert vllm_serve_main(["--help"]) == 0
+    assert "--tensor_parallel_size" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# check: each inconsistency it claims to catch
+
+
+@pytest.mark.parametrize(
+    ("values", "flags", "message"),
+    [
+        (dict(num_generations=1), [], "num_generations >= 2"),
+        (dict(steps_per_generation=12), [], "Set steps_per_generation to a multiple of 8 (e.g. 16)"),
+        (
+            dict(gradient_accumulation_steps=3, steps_per_generation=16),
+            [],
+            "not a multiple of gradient_accumulation_steps (3)",
+        ),
+        (dict(generation_batch_size=32), [], "Remove generation_batch_size"),
+        (dict(steps_per_generation=None, generation_batch_size=15), [], "Set steps_per_generation instead"),
+        (dict(do_eval=True, eval_strategy="steps", per_device_eval_batch_size=3), [], "per_device_eval_batch_size"),
+        (dict(max_completion_length=4000), [], "exceeds the model's context"),
+        (dict(use_vllm=True, vllm_max_model_length=1024), [], "Set vllm_max_model_length: 1536"),
+        (dict(use_vllm=True, vllm_tensor_parallel_size=4), [], "must divide the number of processes (2)"),
+        (dict(negative_weight=-1.0), [], "negative_weight must be >= 0"),
+        (dict(dataset_format="gsm8k"), [], "dataset_format"),
+        (dict(per_device_train_batch_size=16, steps_per_generation=8), ["--gpu_memory_gb", "24"], "DOES NOT FIT"),
+    ],
+)
+def test_check_catches(tmp_path, capsys, values, flags, message):
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, **values), *flags)
+    assert code == 1, out
+    assert message in out
+
+
+def test_check_memory_needs_sharding_for_7b(capsys):
+    code, out = run_check(capsys, "--config", RECIPE_7B, "--accelerate_config", "multi_gpu")
+    assert code == 1 and "DOES NOT FIT" in out and "zero3" in out
+    code, out = run_check(capsys, "--config", RECIPE_7B, "--accelerate_config", "zero3_offload")
+    assert code == 0 and "offloaded" in out
+
+
+def test_check_unknown_model_size(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, model_name_or_path="some-org/some-model")
+    code, out = run_check(capsys, "--config", recipe)
+    assert code == 0 and "Pass --num_params" in out
+    code, out = run_check(capsys, "--config", recipe, "--num_params", "7e9", "--accelerate_config", "zero3")
+    assert code == 0 and "7.00B params" in out and "activations, logits and KV cache not estimated" in out
+
+
+def test_train_refuses_inconsistent_recipe_without_launching(tmp_path, capsys):
+    code = train_main(["--config", write_recipe(tmp_path, steps_per_generation=12)])
+    assert code == 1 and "not launched" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# train: end to end through accelerate launch
+
+
+REWARD_MODULE = """
+import re
+
+
+def boxed_match(completions, solution, **kwargs):
+    answers = [re.findall(r"\\\\boxed\\{([^{}]*)\\}", c[-1]["content"]) for c in completions]
+    return [float(bool(a) and a[-1] == s) for a, s in zip(answers, solution, strict=True)]
+"""
+
+
+def test_train_end_to_end(tmp_path, tiny_model_path):
+    data = tmp_path / "train.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}], "solution": str(i + 1)} for i in range(8)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "tiny_rewards.py").write_text(REWARD_MODULE)
+    output_dir = tmp_path / "out"
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            dict(
+                model_name_or_path=tiny_model_path,
+                dataset_name=str(data),
+                reward_funcs=["tiny_rewards.boxed_match"],
+                output_dir=str(output_dir),
+                num_generations=4,
+                per_device_train_batch_size=4,
+                gradient_accumulation_steps=1,
+                steps_per_generation=2,
+                max_completion_length=8,
+                max_prompt_length=64,
+                max_steps=2,
+                report_to="none",
+                save_strategy="no",
+                gradient_checkpointing=False,
+                accelerate_config="single_gpu",
+            )
+        )
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", CI="true", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])
+    argv = ["--config", str(recipe), "--cpu", "--mixed_precision", "no", "--learning_rate", "1e-5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "nft_trl.commands", "train", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Result: OK" in result.stdout
+    assert (output_dir / "model.safetensors").exists()
+    trained = json.loads((output_dir / "config.json").read_text())
+    assert trained["model_type"] == "qwen2"
+    # The flag overrode the recipe in the launched process too.
+    import torch
+
+    args = torch.load(output_dir / "training_args.bin", weights_only=False)
+    assert type(args).__name__ == "NFTConfig" and args.learning_rate == 1e-5 and args.max_steps == 2
