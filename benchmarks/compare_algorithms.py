@@ -168,7 +168,10 @@ def summarize(results, opts):
             if extra:
                 name += f" (+{extra:.0f} generated tokens)"
             lines.append(f"| {regime}-policy | {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Starting point (same model for every run): greedy held-out accuracy {statistics.fmean(start):.1%}."]
+    lines += [
+        "",
+        f"Starting point (same model for every run): greedy held-out accuracy {statistics.fmean(start):.1%}.",
+    ]
     return "\n".join(lines)
 
 

@@ -106,13 +106,23 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nft_trl.commands import COMMANDS
+
     parser = argparse.ArgumentParser(prog="nft-trl", description="Negative-aware Fine-Tuning (NFT) for TRL.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:  # parsed by their own TrlParser-based entry points (see `main`); listed here for --help
+        subparsers.add_parser(name, add_help=False, help=f"see nft-trl {name} --help")
     add_eval_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nft_trl.commands import COMMANDS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # train, check and vllm-serve take recipe fields and accelerate flags that argparse must not see.
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)
