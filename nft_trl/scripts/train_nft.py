@@ -88,17 +88,6 @@ class NFTScriptArguments:
     )
 
 
-def load_default_model_and_data(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: ModelConfig):
-    """What to train when no model is given. The single place for a built-in default model and task.
-
-    Returns `(model, train_dataset, eval_dataset)`; for now there is no default.
-    """
-    raise ValueError(
-        "No model given: pass --model_name_or_path (a Hub id or a local folder) and --dataset_name (a Hub id or a "
-        "local .parquet/.jsonl file), or --config with a recipe that sets them."
-    )
-
-
 def resolve_reward_funcs(names: list[str]) -> list[Any]:
     funcs = []
     for name in names:
@@ -161,9 +150,17 @@ def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: 
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
+    demo = None
     if model_args.model_name_or_path is None:
-        model, train_dataset, eval_dataset = load_default_model_and_data(script_args, training_args, model_args)
-        tokenizer = None
+        # The embedded offline demo: the built-in model and task (nft_trl.demo, nft_trl.embedded).
+        from nft_trl import demo as demo_module
+
+        model, tokenizer, train_dataset, held_out = demo_module.load_demo(training_args)
+        eval_dataset = None
+        demo = demo_module.HeldOutAccuracyCallback(
+            tokenizer, held_out, max_new_tokens=training_args.max_completion_length
+        )
+        script_args.dataset_name = "the embedded task (nft_trl.embedded)"
     else:
         if script_args.dataset_name is None:
             raise ValueError("--dataset_name is required with --model_name_or_path (a Hub id or a local file).")
@@ -198,8 +195,14 @@ def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[demo] if demo is not None else None,
     )
+    if demo is not None and trainer.accelerator.is_main_process:
+        demo_module.print_samples("Before training, a few held-out answers:", demo.evaluate(trainer.model, 0))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if demo is not None and trainer.accelerator.is_main_process:
+        demo_module.print_samples("After training:", demo.last)
+        demo_module.report(demo, training_args.output_dir)
     trainer.save_model(training_args.output_dir)
     logger.info("Model saved to %s", training_args.output_dir)
     if training_args.push_to_hub:
@@ -212,6 +215,20 @@ def make_parser(config_class: type[NFTConfig] = NFTConfig, prog: str | None = No
     return TrlParser((NFTScriptArguments, config_class, ModelConfig), prog=prog)
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> tuple[NFTScriptArguments, NFTConfig, ModelConfig]:
+    """Parse flags and `--config`; without a model, fields left at their defaults get the embedded demo's values."""
     # Keys of the recipe that are not fields (e.g. num_processes, accelerate_config) were for the launcher.
-    main(*make_parser().parse_args_and_config(fail_with_unknown_args=False))
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv, fail_with_unknown_args=False)[
+        :3
+    ]
+    if model_args.model_name_or_path is None:
+        from nft_trl.demo import demo_defaults
+
+        parser = make_parser()
+        parser.set_defaults(**demo_defaults())  # below the recipe's values and the flags, above the dataclasses'
+        script_args, training_args, model_args = parser.parse_args_and_config(argv, fail_with_unknown_args=False)[:3]
+    return script_args, training_args, model_args
+
+
+if __name__ == "__main__":
+    main(*parse_args())

@@ -1,0 +1,22 @@
+"""Train with Negative-aware Fine-Tuning (NFT).
+
+With no arguments, the embedded offline demo: a small model (built once on first use and cached) learns a math task
+on CPU; prints graded answers and held-out accuracy before and after, and saves a learning curve:
+
+    accelerate launch examples/train_nft.py
+
+Any model and dataset, e.g. Qwen2.5-Math-7B on DAPO-Math-17k with vLLM generation:
+
+    accelerate launch --config_file nft_trl/accelerate_configs/zero3.yaml examples/train_nft.py \
+        --model_name_or_path Qwen/Qwen2.5-Math-7B --dataset_name BytedTsinghua-SIA/DAPO-Math-17k \
+        --dataset_format dapo --use_vllm --vllm_mode colocate --num_generations 16
+
+or a recipe (`--config nft_trl/recipes/Qwen2.5-Math-7B/nft/config_paper.yaml`). `--help` lists every option. This file
+is the `nft_trl.scripts.train_nft` module's entry point, which `nft-trl train` launches too.
+"""
+
+from nft_trl.scripts.train_nft import main, parse_args
+
+
+if __name__ == "__main__":
+    main(*parse_args())
