@@ -9,9 +9,10 @@ This module provides both:
   Prompts are TRL conversational prompts (`[{"role": "user", "content": ...}]`) and the gold answer is in the
   `solution` column, as TRL's accuracy rewards expect. Every problem belongs to exactly one split (decided by a hash
   of the problem), so train and held-out sets are disjoint for any seed.
-* **Model**: a byte-level BPE tokenizer (digits kept as single tokens) trained on the task's chat-formatted corpus,
-  TRL's Qwen2.5 chat template, and a Qwen2 causal LM of a few million parameters warmed up with supervised steps
-  until its held-out-like accuracy with sampling at temperature 1.0 reaches about 45%: good enough that groups of
+* **Model**: a byte-level BPE tokenizer trained on the task's chat-formatted corpus (digits stay single tokens;
+  other merges may span spaces, so the fixed chat text packs into few tokens), TRL's Qwen2.5 chat template, and a
+  two-layer Qwen2 causal LM of about 3M parameters, warmed up with supervised steps until its accuracy with sampling
+  at temperature 1.0 on validation prompts (from the train split) reaches about 45%: good enough that groups of
   sampled answers mix right and wrong ones (the signal GRPO and NFT learn from), bad enough to leave room to learn.
 
 The build takes a few minutes on two CPU cores and is cached under `~/.cache/nft_trl/embedded/<settings-hash>/`
@@ -23,6 +24,8 @@ temporary directory and renamed into place, so an interrupted build never leaves
 >>> result = evaluate_accuracy(model, tokenizer, make_dataset("test", 200), num_samples=8)
 >>> result.accuracy, result.mixed_fraction
 >>> path = embedded_path()  # a local directory for `model_name_or_path`
+
+From the shell, `python -m nft_trl.embedded` builds the model (if needed) and prints its directory.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from nft_trl.tiny import IM_END, PAD, SPECIAL_TOKENS, qwen2_5_chat_template
 logger = logging.getLogger(__name__)
 
 # Bump when the task, the build recipe or the saved layout changes in a way the settings hash does not capture.
-BUILD_FORMAT_VERSION = 1
+BUILD_FORMAT_VERSION = 2
 CACHE_ENV_VAR = "NFT_TRL_CACHE"
 DEFAULT_CACHE_ROOT = Path("~/.cache/nft_trl")
 MANIFEST_NAME = "embedded.json"
@@ -65,8 +68,7 @@ PERCENT = 100
 # `make_dataset` gives up after this many draws per requested row (the problem space has ~600k problems).
 MAX_DRAWS_PER_ROW = 50
 
-PROMPT_TEMPLATE = "Compute {a} + {b} - {c}. Put the final answer in \\boxed{{}}."
-COMPLETION_TEMPLATE = "{a} + {b} = {s}, {s} - {c} = {r}. \\boxed{{{r}}}"
+INSTRUCTION = "Put the final answer in \\boxed{}."
 
 # Seeds of the internal streams, offset from the build seed so they never coincide with a user's `make_dataset` seed.
 TOKENIZER_CORPUS_SEED_OFFSET = 1_000
@@ -82,7 +84,10 @@ class EmbeddedConfig:
     """Every setting that determines the embedded model; their hash names the cache directory.
 
     Args:
-        min_operand, max_operand: range of the operands `a`, `b`, `c` (inclusive).
+        num_operands: 2 for `a + b`, 3 for `a + b - c` (with `c <= a + b`).
+        worked_answer: warm up on a worked line before the box (`a + b = s, s - c = r. \\boxed{r}`) instead of the
+            bare `\\boxed{r}`.
+        min_operand, max_operand: range of the operands (inclusive).
         vocab_size: size of the byte-level BPE vocabulary (256 bytes + 3 special tokens + merges).
         tokenizer_corpus_size: number of chat-formatted training examples the tokenizer is trained on.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
@@ -98,6 +103,8 @@ class EmbeddedConfig:
         max_new_tokens: generation budget during validation.
     """
 
+    num_operands: int = 2
+    worked_answer: bool = False
     min_operand: int = 10
     max_operand: int = 99
     vocab_size: int = 512
@@ -137,33 +144,46 @@ DEFAULT_CONFIG = EmbeddedConfig()
 
 @dataclass(frozen=True)
 class Problem:
-    """One `a + b - c` problem."""
+    """One `a + b` problem, or `a + b - c` when `c` is given."""
 
     a: int
     b: int
-    c: int
+    c: int | None = None
 
     @property
     def answer(self) -> int:
-        return self.a + self.b - self.c
+        return self.a + self.b - (self.c or 0)
+
+    @property
+    def expression(self) -> str:
+        return f"{self.a} + {self.b}" if self.c is None else f"{self.a} + {self.b} - {self.c}"
 
     @property
     def split(self) -> str:
         """The split this problem belongs to, fixed by a hash of its operands (independent of any seed)."""
-        digest = hashlib.sha256(f"{self.a},{self.b},{self.c}".encode()).digest()
+        digest = hashlib.sha256(self.expression.encode()).digest()
         return "test" if int.from_bytes(digest[:4], "big") % PERCENT < HELD_OUT_PERCENT else "train"
 
     def prompt(self) -> list[dict[str, str]]:
-        return [{"role": "user", "content": PROMPT_TEMPLATE.format(a=self.a, b=self.b, c=self.c)}]
+        return [{"role": "user", "content": f"Compute {self.expression}. {INSTRUCTION}"}]
 
-    def completion(self) -> str:
-        """The reference answer the model is warmed up on: one worked line, then the boxed result."""
-        return COMPLETION_TEMPLATE.format(a=self.a, b=self.b, c=self.c, s=self.a + self.b, r=self.answer)
+    def completion(self, worked: bool = False) -> str:
+        """The reference answer of the warm-up: the boxed result, after one worked line if `worked`."""
+        boxed = f"\\boxed{{{self.answer}}}"
+        if not worked:
+            return boxed
+        if self.c is None:
+            return f"{self.expression} = {self.answer}. {boxed}"
+        total = self.a + self.b
+        return f"{self.a} + {self.b} = {total}, {total} - {self.c} = {self.answer}. {boxed}"
 
 
 def _random_problem(rng: random.Random, config: EmbeddedConfig) -> Problem:
     while True:
-        a, b, c = (rng.randint(config.min_operand, config.max_operand) for _ in range(3))
+        a, b = rng.randint(config.min_operand, config.max_operand), rng.randint(config.min_operand, config.max_operand)
+        if config.num_operands == 2:
+            return Problem(a, b)
+        c = rng.randint(config.min_operand, config.max_operand)
         if c <= a + b:  # keep answers non-negative
             return Problem(a, b, c)
 
@@ -222,13 +242,16 @@ def make_dataset(split: str = "train", n: int = 1_000, seed: int = 0, config: Em
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _chat_text(tokenizer: PreTrainedTokenizerFast, problem: Problem) -> str:
-    messages = [*problem.prompt(), {"role": "assistant", "content": problem.completion()}]
+def _chat_text(tokenizer: PreTrainedTokenizerFast, problem: Problem, config: EmbeddedConfig) -> str:
+    messages = [*problem.prompt(), {"role": "assistant", "content": problem.completion(config.worked_answer)}]
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
 def build_tokenizer(config: EmbeddedConfig | None = None) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on chat-formatted task examples; digits stay single tokens (as in Qwen2).
+
+    Unlike GPT-2-style pre-tokenization, merges may cross spaces: the constant chat text (Qwen's default system
+    prompt, the instruction) becomes a handful of tokens, which keeps sequences short and training cheap.
 
     Deterministic for a given config; takes about a second.
     """
@@ -239,7 +262,7 @@ def build_tokenizer(config: EmbeddedConfig | None = None) -> PreTrainedTokenizer
     renderer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=IM_END, pad_token=PAD)
     renderer.chat_template = qwen2_5_chat_template()
     stream = _iter_problems("train", config.seed + TOKENIZER_CORPUS_SEED_OFFSET, config)
-    corpus = [_chat_text(renderer, next(stream)) for _ in range(config.tokenizer_corpus_size)]
+    corpus = [_chat_text(renderer, next(stream), config) for _ in range(config.tokenizer_corpus_size)]
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -287,14 +310,14 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: EmbeddedConfig | Non
     return model
 
 
-def _sft_batch(tokenizer: PreTrainedTokenizerFast, problems: list[Problem]) -> dict[str, torch.Tensor]:
+def _sft_batch(tokenizer: PreTrainedTokenizerFast, problems: list[Problem], worked: bool) -> dict[str, torch.Tensor]:
     """Right-padded prompt + completion + EOS; the loss covers the completion and its EOS only.
 
     Prompt and completion are tokenized separately, as they are at generation time (no merge across the boundary).
     """
     prompts = tokenizer.apply_chat_template([p.prompt() for p in problems], add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer([p.completion() for p in problems], add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer([p.completion(worked) for p in problems], add_special_tokens=False)["input_ids"]
     rows = [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompt_ids, completion_ids, strict=True)]
     length = max(len(p) + len(c) for p, c in rows)
     input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -329,7 +352,7 @@ def warm_up(
     progress = tqdm(total=config.max_steps, desc="nft_trl: warming up the embedded model", unit="step")
     with progress:
         while step < config.max_steps:
-            batch = _sft_batch(tokenizer, [next(stream) for _ in range(config.batch_size)])
+            batch = _sft_batch(tokenizer, [next(stream) for _ in range(config.batch_size)], config.worked_answer)
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -604,3 +627,29 @@ def evaluate_accuracy(
         num_ungraded=len(rewards) - len(graded_all),
         examples=examples,
     )
+
+
+def main() -> None:
+    """`python -m nft_trl.embedded [--rebuild]`: build (or find) the embedded model and print its directory."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument(
+        "--cache_dir", default=None, help=f"cache root (default: ${CACHE_ENV_VAR} or ~/.cache/nft_trl)"
+    )
+    parser.add_argument("--rebuild", action="store_true", help="build again even if a cached copy exists")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    path = embedded_path(cache_dir=args.cache_dir, rebuild=args.rebuild)
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    logger.info(
+        "%.2fM parameters, %d warm-up steps, built in %.0f s",
+        manifest["num_parameters"] / 1e6,
+        manifest["steps"],
+        manifest["build_seconds"],
+    )
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,7 +45,7 @@ TINY = EmbeddedConfig(
     num_validation_samples=1,
     max_new_tokens=4,
 )
-PROMPT_RE = re.compile(r"Compute (\d+) \+ (\d+) - (\d+)\. Put the final answer in \\boxed\{\}\.")
+PROMPT_RE = re.compile(r"Compute (\d+) \+ (\d+)(?: - (\d+))?\. Put the final answer in \\boxed\{\}\.")
 # The embedded default must leave RL room to learn: neither all-wrong nor solved at temperature 1.0.
 ACCURACY_BAND = (0.30, 0.60)
 
@@ -76,23 +76,32 @@ def test_dataset_is_deterministic_and_conversational():
     assert isinstance(prompt, list) and prompt[0]["role"] == "user" and len(prompt) == 1
 
 
-def test_gold_answers_are_correct():
-    dataset = make_dataset("test", 200, seed=0)
+@pytest.mark.parametrize("num_operands", [2, 3])
+def test_gold_answers_are_correct(num_operands):
+    config = EmbeddedConfig(num_operands=num_operands)
+    dataset = make_dataset("test", 200, seed=0, config=config)
     for row in dataset:
-        a, b, c = map(int, PROMPT_RE.fullmatch(row["prompt"][0]["content"]).groups())
-        assert min(a, b, c) >= 10 and max(a, b, c) <= 99
-        assert row["solution"] == str(a + b - c) and a + b - c >= 0
-    for problem in make_problems("train", 20):
-        assert problem.completion().endswith(f"\\boxed{{{problem.answer}}}")
-        assert exact_match_reward([problem.completion()], [str(problem.answer)]) == [1.0]
+        operands = [int(x) for x in PROMPT_RE.fullmatch(row["prompt"][0]["content"]).groups() if x is not None]
+        assert len(operands) == num_operands
+        assert min(operands) >= 10 and max(operands) <= 99
+        answer = operands[0] + operands[1] - sum(operands[2:])
+        assert row["solution"] == str(answer) and answer >= 0
+    for problem in make_problems("train", 20, config=config):
+        for worked in (False, True):
+            completion = problem.completion(worked)
+            assert completion.endswith(f"\\boxed{{{problem.answer}}}")
+            assert exact_match_reward([completion], [str(problem.answer)]) == [1.0]
 
 
 def test_splits_are_disjoint_for_any_seeds():
     train = {row["prompt"][0]["content"] for seed in (0, 1) for row in make_dataset("train", 3_000, seed=seed)}
-    test = {row["prompt"][0]["content"] for seed in (0, 1) for row in make_dataset("test", 1_000, seed=seed)}
+    test = {row["prompt"][0]["content"] for seed in (0, 1) for row in make_dataset("test", 500, seed=seed)}
     assert not train & test
-    contents = [row["prompt"][0]["content"] for row in make_dataset("test", 1_000, seed=0)]
+    contents = [row["prompt"][0]["content"] for row in make_dataset("test", 500, seed=0)]
     assert len(set(contents)) == len(contents)
+    # The held-out split of `a + b` has about 810 problems: asking for more fails loudly.
+    with pytest.raises(ValueError, match="distinct"):
+        make_dataset("test", 2_000)
     with pytest.raises(ValueError, match="split"):
         make_dataset("validation", 1)
 
