@@ -4,16 +4,17 @@ The demo (`accelerate launch examples/train_nft.py`), the notebooks and the algo
 task that run on a laptop CPU, download nothing, and leave room for reinforcement learning to show an improvement.
 This module provides both:
 
-* **Task**: two-step arithmetic, `Compute a + b - c.` with two-digit operands (`c <= a + b`, so answers are in
-  `0..188`). The model answers with one worked line and a boxed result, e.g. `45 + 38 = 83, 83 - 27 = 56. \\boxed{56}`.
-  Prompts are TRL conversational prompts (`[{"role": "user", "content": ...}]`) and the gold answer is in the
-  `solution` column, as TRL's accuracy rewards expect. Every problem belongs to exactly one split (decided by a hash
-  of the problem), so train and held-out sets are disjoint for any seed.
-* **Model**: a byte-level BPE tokenizer trained on the task's chat-formatted corpus (digits stay single tokens;
-  other merges may span spaces, so the fixed chat text packs into few tokens), TRL's Qwen2.5 chat template, and a
-  two-layer Qwen2 causal LM of about 3M parameters, warmed up with supervised steps until its accuracy with sampling
-  at temperature 1.0 on validation prompts (from the train split) reaches about 45%: good enough that groups of
-  sampled answers mix right and wrong ones (the signal GRPO and NFT learn from), bad enough to leave room to learn.
+* **Task**: two-digit addition, `Compute a + b. Put the final answer in \\boxed{}.` (operands 10..99), answered
+  with the bare box, e.g. `\\boxed{57}`. `EmbeddedConfig(num_operands=3)` gives the harder `a + b - c` (with
+  `c <= a + b`) and `worked_answer=True` a worked line before the box; the default is the one that reaches the
+  accuracy band in minutes on two CPU cores. Prompts are TRL conversational prompts (`[{"role": "user", ...}]`) and
+  the gold answer is in the `solution` column, as TRL's accuracy rewards expect. Every problem belongs to exactly one
+  split (decided by a hash of the problem), so train and held-out sets are disjoint for any seed.
+* **Model**: a byte-level BPE tokenizer trained on the task's chat-formatted corpus with Qwen2's pre-tokenizer
+  (digits are single tokens), TRL's Qwen2.5 chat template, and a two-layer Qwen2 causal LM of about 3M parameters,
+  warmed up with supervised steps until its accuracy with sampling at temperature 1.0 on validation prompts (from
+  the train split) reaches about 45%: good enough that groups of sampled answers mix right and wrong ones (the signal
+  GRPO and NFT learn from), bad enough to leave room to learn.
 
 The build takes a few minutes on two CPU cores and is cached under `~/.cache/nft_trl/embedded/<settings-hash>/`
 (root overridable with the `NFT_TRL_CACHE` environment variable or the `cache_dir` argument). It is written to a
@@ -56,7 +57,7 @@ from nft_trl.tiny import IM_END, PAD, SPECIAL_TOKENS, qwen2_5_chat_template
 logger = logging.getLogger(__name__)
 
 # Bump when the task, the build recipe or the saved layout changes in a way the settings hash does not capture.
-BUILD_FORMAT_VERSION = 2
+BUILD_FORMAT_VERSION = 3
 CACHE_ENV_VAR = "NFT_TRL_CACHE"
 DEFAULT_CACHE_ROOT = Path("~/.cache/nft_trl")
 MANIFEST_NAME = "embedded.json"
@@ -107,7 +108,7 @@ class EmbeddedConfig:
     worked_answer: bool = False
     min_operand: int = 10
     max_operand: int = 99
-    vocab_size: int = 512
+    vocab_size: int = 384
     tokenizer_corpus_size: int = 2_000
     hidden_size: int = 384
     num_hidden_layers: int = 2
@@ -250,12 +251,14 @@ def _chat_text(tokenizer: PreTrainedTokenizerFast, problem: Problem, config: Emb
 def build_tokenizer(config: EmbeddedConfig | None = None) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on chat-formatted task examples; digits stay single tokens (as in Qwen2).
 
-    Unlike GPT-2-style pre-tokenization, merges may cross spaces: the constant chat text (Qwen's default system
-    prompt, the instruction) becomes a handful of tokens, which keeps sequences short and training cheap.
+    It is trained with the normalizer and pre-tokenizer of `transformers`' `Qwen2Tokenizer`, because
+    `AutoTokenizer.from_pretrained` rebuilds a saved Qwen2 model's tokenizer with those: a tokenizer trained with
+    anything else would tokenize differently once saved and reloaded (as TRL does from `model_name_or_path`).
 
     Deterministic for a given config; takes about a second.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
 
     config = config or DEFAULT_CONFIG
     # A throw-away tokenizer renders the chat template so the corpus has exactly the text the model will see.
@@ -264,13 +267,11 @@ def build_tokenizer(config: EmbeddedConfig | None = None) -> PreTrainedTokenizer
     stream = _iter_problems("train", config.seed + TOKENIZER_CORPUS_SEED_OFFSET, config)
     corpus = [_chat_text(renderer, next(stream), config) for _ in range(config.tokenizer_corpus_size)]
 
+    # Borrow Qwen2's normalizer and pre-tokenizer (digits split one by one) from a throw-away instance.
+    qwen2 = Qwen2Tokenizer(vocab={"a": 0}, merges=[]).backend_tokenizer
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tok.normalizer = qwen2.normalizer
+    tok.pre_tokenizer = qwen2.pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=config.vocab_size,
@@ -420,6 +421,15 @@ def _build_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _check_reloaded_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike, config: EmbeddedConfig):
+    """Fail the build if `AutoTokenizer` reloads the saved tokenizer with a different tokenization."""
+    reloaded = AutoTokenizer.from_pretrained(path)
+    problem = next(_iter_problems("train", config.seed, config))
+    text = _chat_text(tokenizer, problem, config)
+    if reloaded(text, add_special_tokens=False)["input_ids"] != tokenizer(text, add_special_tokens=False)["input_ids"]:
+        raise RuntimeError(f"The tokenizer saved in {path} tokenizes differently once reloaded with AutoTokenizer.")
+
+
 def build_embedded(path: str | os.PathLike, config: EmbeddedConfig | None = None) -> dict[str, Any]:
     """Build the tokenizer and warmed-up model and save them to `path` (which must not exist yet).
 
@@ -434,6 +444,7 @@ def build_embedded(path: str | os.PathLike, config: EmbeddedConfig | None = None
     log = warm_up(model, tokenizer, config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    _check_reloaded_tokenizer(tokenizer, path, config)
     manifest = {
         "format": BUILD_FORMAT_VERSION,
         "version": config.version_hash(),

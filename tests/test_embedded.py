@@ -128,6 +128,10 @@ def test_cache_round_trip(tiny_cache, monkeypatch):
     model, tokenizer = load_embedded_model(cache_dir=root, config=TINY)
     assert not model.training and tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.chat_template is not None
+    # `AutoTokenizer` reloads the saved tokenizer (as a Qwen2 tokenizer) with the tokenization it was trained with.
+    built = embedded.build_tokenizer(TINY)
+    text = built.apply_chat_template(make_dataset("test", 1)[0]["prompt"], add_generation_prompt=True, tokenize=False)
+    assert tokenizer(text)["input_ids"] == built(text)["input_ids"]
     assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
     # The directory is a plain `model_name_or_path`.
     assert isinstance(AutoModelForCausalLM.from_pretrained(path), torch.nn.Module)
