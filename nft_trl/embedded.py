@@ -116,13 +116,13 @@ class EmbeddedConfig:
     num_key_value_heads: int = 2
     intermediate_size: int = 1024
     max_position_embeddings: int = 128
-    seed: int = 0
+    seed: int = 1
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    max_steps: int = 1_500
+    max_steps: int = 2_500
     eval_every: int = 50
     num_validation_prompts: int = 128
     num_validation_samples: int = 2
