@@ -13,9 +13,10 @@ Algorithms: `nft` (NFTTrainer, the paper's defaults), `rft` (NFTTrainer with `ne
 `dr_grpo` (TRL's GRPOTrainer, `loss_type="dr_grpo"`, `scale_rewards="none"`) and `nft_ds` (NFT with dynamic
 sampling; it generates more than the budget to fill its batches: the extra tokens are reported).
 
-Held-out accuracy is greedy decoding on `--eval_prompts` held-out problems, graded by `math_verifier`, every
-`--eval_every` steps. Prints a table (final held-out accuracy mean ± std over seeds, sampled accuracy at T=1, mean
-policy entropy over training, wall time) and writes `results.json`, `results.md` and `curves.png` to `--out`.
+Held-out accuracy: `--samples` answers per problem at T=1 (the training temperature) on `--eval_prompts` held-out
+problems, graded by `math_verifier`, every `--eval_every` steps; greedy accuracy before and after. Prints a table
+(final held-out accuracy mean ± std over seeds, mean policy entropy over training and over its last 5 logs, wall time)
+and writes `results.json`, `results.md` and `curves.png` to `--out`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("CI", "true")
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer, math_verifier  # noqa: E402
+from nft_trl.demo import HeldOutAccuracyCallback  # noqa: E402
 from nft_trl.embedded import embedded_path, evaluate_accuracy, make_dataset  # noqa: E402
 
 
@@ -50,24 +52,6 @@ ALGORITHM_SETTINGS = {
     "dr_grpo": (GRPOTrainer, GRPOConfig, {"loss_type": "dr_grpo", "scale_rewards": "none"}),
     "nft_ds": (NFTTrainer, NFTConfig, {"dynamic_sampling": True, "max_sampling_rounds": 4}),
 }
-
-
-class HeldOutAccuracy(TrainerCallback):
-    """Greedy held-out accuracy every `every` optimizer steps (and at the end)."""
-
-    def __init__(self, tokenizer, dataset, every, max_new_tokens):
-        self.tokenizer, self.dataset, self.every, self.max_new_tokens = tokenizer, dataset, every, max_new_tokens
-        self.curve: list[tuple[int, float]] = []
-
-    def evaluate(self, model, step):
-        result = evaluate_accuracy(
-            model, self.tokenizer, self.dataset, temperature=0.0, max_new_tokens=self.max_new_tokens, num_examples=0
-        )
-        self.curve.append((step, result.accuracy))
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self.evaluate(model, state.global_step)
 
 
 def common_settings(opts, regime, seed, output_dir):
@@ -101,7 +85,12 @@ def run(opts, algorithm, regime, seed, model_path, eval_set, train_set):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     torch.manual_seed(seed)
-    tracker = HeldOutAccuracy(tokenizer, eval_set, opts.eval_every, opts.max_completion_length)
+    tracker = HeldOutAccuracyCallback(
+        tokenizer, eval_set, every=opts.eval_every, max_new_tokens=opts.max_completion_length, num_samples=opts.samples
+    )
+    initial_greedy = evaluate_accuracy(
+        model, tokenizer, eval_set, temperature=0.0, max_new_tokens=opts.max_completion_length
+    )
     tracker.evaluate(model, 0)
     trainer = trainer_cls(
         model,
@@ -115,8 +104,8 @@ def run(opts, algorithm, regime, seed, model_path, eval_set, train_set):
     trainer.train()
     wall = time.perf_counter() - start
     logs = [h for h in trainer.state.log_history if "entropy" in h]
-    sampled = evaluate_accuracy(
-        trainer.model, tokenizer, eval_set, num_samples=4, temperature=1.0, max_new_tokens=opts.max_completion_length
+    greedy = evaluate_accuracy(
+        trainer.model, tokenizer, eval_set, temperature=0.0, max_new_tokens=opts.max_completion_length
     )
     extra_tokens = sum(h.get("nft/dynamic_sampling/extra_generated_tokens", 0.0) for h in trainer.state.log_history)
     return {
@@ -124,9 +113,10 @@ def run(opts, algorithm, regime, seed, model_path, eval_set, train_set):
         "regime": regime,
         "seed": seed,
         "curve": tracker.curve,
-        "final_greedy": tracker.curve[-1][1],
-        "initial_greedy": tracker.curve[0][1],
-        "final_sampled_t1": sampled.accuracy,
+        "initial_sampled": tracker.curve[0][1],
+        "final_sampled": tracker.curve[-1][1],
+        "initial_greedy": initial_greedy.accuracy,
+        "final_greedy": greedy.accuracy,
         "entropy_mean": statistics.fmean(h["entropy"] for h in logs),
         "entropy_last": statistics.fmean(h["entropy"] for h in logs[-5:]),
         "train_reward_last": statistics.fmean(h.get("reward", float("nan")) for h in logs[-5:]),
@@ -144,11 +134,12 @@ def summarize(results, opts):
         f"Embedded task, {opts.steps} optimizer steps x {opts.batch} completions ({opts.num_generations} per prompt), "
         f"seeds {opts.seeds}; off-policy = {opts.off_policy_steps} optimizer steps per generated batch.",
         "",
-        "| regime | algorithm | held-out acc. (greedy) | sampled acc. (T=1) | entropy (mean) | entropy (last 5) "
-        "| wall time (s) |",
+        f"| regime | algorithm | held-out acc. ({opts.samples} samples, T=1) | held-out acc. (greedy) | entropy (mean) "
+        "| entropy (last 5) | wall time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    start = [r["initial_greedy"] for r in results]
+    start = [r["initial_sampled"] for r in results]
+    start_greedy = [r["initial_greedy"] for r in results]
     for regime in opts.regimes:
         for algorithm in opts.algorithms:
             rows = [r for r in results if r["regime"] == regime and r["algorithm"] == algorithm]
@@ -156,8 +147,8 @@ def summarize(results, opts):
                 continue
             cells = []
             for key, fmt in (
+                ("final_sampled", "{:.1%} ± {:.1%}"),
                 ("final_greedy", "{:.1%} ± {:.1%}"),
-                ("final_sampled_t1", "{:.1%} ± {:.1%}"),
                 ("entropy_mean", "{:.3f} ± {:.3f}"),
                 ("entropy_last", "{:.3f} ± {:.3f}"),
                 ("wall_seconds", "{:.0f} ± {:.0f}"),
@@ -170,7 +161,8 @@ def summarize(results, opts):
             lines.append(f"| {regime}-policy | {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Starting point (same model for every run): greedy held-out accuracy {statistics.fmean(start):.1%}.",
+        f"Starting point (the same model for every run): held-out accuracy {statistics.fmean(start):.1%} sampled, "
+        f"{statistics.fmean(start_greedy):.1%} greedy.",
     ]
     return "\n".join(lines)
 
@@ -192,7 +184,11 @@ def plot(results, opts, path):
             mean, std = values.mean(0), values.std(0) if len(rows) > 1 else torch.zeros(len(steps))
             ax.plot(steps, mean, label=algorithm)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set(title=f"{regime}-policy", xlabel="optimizer step", ylabel="held-out accuracy (greedy)")
+        ax.set(
+            title=f"{regime}-policy",
+            xlabel="optimizer step",
+            ylabel=f"held-out accuracy ({opts.samples} samples, T=1)",
+        )
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -207,10 +203,11 @@ def main():
     parser.add_argument("--batch", type=int, default=64, help="completions per optimizer step")
     parser.add_argument("--num_generations", type=int, default=8)
     parser.add_argument("--off_policy_steps", type=int, default=4, help="optimizer steps per generated batch")
-    parser.add_argument("--learning_rate", type=float, default=2e-5)
-    parser.add_argument("--max_completion_length", type=int, default=40)
+    parser.add_argument("--learning_rate", type=float, default=2e-4)
+    parser.add_argument("--max_completion_length", type=int, default=16)
     parser.add_argument("--eval_every", type=int, default=8)
     parser.add_argument("--eval_prompts", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=4, help="sampled answers per held-out problem (T=1)")
     parser.add_argument("--out", default="benchmarks/results/compare_algorithms")
     opts = parser.parse_args()
 
@@ -225,8 +222,9 @@ def main():
                 result = run(opts, algorithm, regime, seed, model_path, eval_set, train_set)
                 results.append(result)
                 print(
-                    f"{regime}-policy {algorithm:<8} seed {seed}: held-out {result['initial_greedy']:.1%} -> "
-                    f"{result['final_greedy']:.1%} (T=1: {result['final_sampled_t1']:.1%}), entropy "
+                    f"{regime}-policy {algorithm:<8} seed {seed}: held-out {result['initial_sampled']:.1%} -> "
+                    f"{result['final_sampled']:.1%} (greedy {result['initial_greedy']:.1%} -> "
+                    f"{result['final_greedy']:.1%}), entropy "
                     f"{result['entropy_mean']:.3f}, {result['wall_seconds']:.0f} s",
                     flush=True,
                 )

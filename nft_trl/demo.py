@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 #: Training settings of the demo (fields of NFTConfig), sized for 2 CPU cores and a few minutes.
 DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/nft-embedded-demo",
-    "learning_rate": 2e-5,
+    "learning_rate": 2e-4,
     "lr_scheduler_type": "constant",
     "warmup_steps": 0,
-    "max_steps": 60,
+    "max_steps": 100,
     "per_device_train_batch_size": 64,
     "num_generations": 8,
     "max_completion_length": 16,
@@ -42,6 +42,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
 DEMO_TRAIN_PROMPTS = 4_000
 DEMO_EVAL_PROMPTS = 256
 DEMO_EVAL_EVERY = 10  # optimizer steps between two points of the learning curve
+DEMO_EVAL_SAMPLES = 4  # sampled answers per held-out problem, at the training temperature
 DEMO_SAMPLES_SHOWN = 4
 CURVE_FILE = "learning_curve.png"
 
@@ -55,10 +56,24 @@ def demo_defaults() -> dict[str, Any]:
 
 
 class HeldOutAccuracyCallback(TrainerCallback):
-    """Greedy accuracy on a held-out set every `every` optimizer steps (main process only)."""
+    """Accuracy on a held-out set every `every` optimizer steps (main process only), graded by `math_verifier`.
 
-    def __init__(self, tokenizer, dataset, *, every: int = DEMO_EVAL_EVERY, max_new_tokens: int = 16):
+    `num_samples` answers per problem at `temperature` (the sampling temperature of training by default), seeded so
+    that every point of the curve is measured alike; `temperature=0.0` is greedy decoding.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        dataset,
+        *,
+        every: int = DEMO_EVAL_EVERY,
+        max_new_tokens: int = 16,
+        num_samples: int = DEMO_EVAL_SAMPLES,
+        temperature: float = 1.0,
+    ):
         self.tokenizer, self.dataset, self.every, self.max_new_tokens = tokenizer, dataset, every, max_new_tokens
+        self.num_samples, self.temperature = num_samples, temperature
         self.curve: list[tuple[int, float]] = []
         self.last = None
 
@@ -67,7 +82,8 @@ class HeldOutAccuracyCallback(TrainerCallback):
             model,
             self.tokenizer,
             self.dataset,
-            temperature=0.0,
+            num_samples=self.num_samples,
+            temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
             num_examples=DEMO_SAMPLES_SHOWN,
         )
@@ -104,7 +120,8 @@ def print_samples(title: str, result) -> None:
 def report(callback: HeldOutAccuracyCallback, output_dir: str) -> dict[str, float]:
     """Print before/after accuracy and write the learning curve PNG; returns the two accuracies."""
     before, after = callback.curve[0][1], callback.curve[-1][1]
-    print(f"\nHeld-out accuracy (greedy, {len(callback.dataset)} problems): {before:.1%} before -> {after:.1%} after")
+    how = "greedy" if callback.temperature == 0 else f"{callback.num_samples} samples at T={callback.temperature}"
+    print(f"\nHeld-out accuracy ({len(callback.dataset)} problems, {how}): {before:.1%} before -> {after:.1%} after")
     path = Path(output_dir) / CURVE_FILE
     try:
         import matplotlib
