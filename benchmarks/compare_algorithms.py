@@ -199,14 +199,15 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
-    parser.add_argument("--steps", type=int, default=48, help="optimizer steps per run")
+    parser.add_argument("--dynamic_sampling_regimes", nargs="+", default=["on"], choices=REGIMES)
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--batch", type=int, default=64, help="completions per optimizer step")
     parser.add_argument("--num_generations", type=int, default=8)
     parser.add_argument("--off_policy_steps", type=int, default=4, help="optimizer steps per generated batch")
     parser.add_argument("--learning_rate", type=float, default=2e-4)
     parser.add_argument("--max_completion_length", type=int, default=16)
-    parser.add_argument("--eval_every", type=int, default=8)
-    parser.add_argument("--eval_prompts", type=int, default=256)
+    parser.add_argument("--eval_every", type=int, default=10)
+    parser.add_argument("--eval_prompts", type=int, default=128)
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per held-out problem (T=1)")
     parser.add_argument("--out", default="benchmarks/results/compare_algorithms")
     opts = parser.parse_args()
@@ -219,6 +220,8 @@ def main():
     for seed in opts.seeds:
         for regime in opts.regimes:
             for algorithm in opts.algorithms:
+                if algorithm == "nft_ds" and regime not in opts.dynamic_sampling_regimes:
+                    continue
                 result = run(opts, algorithm, regime, seed, model_path, eval_set, train_set)
                 results.append(result)
                 print(

@@ -41,7 +41,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 DEMO_TRAIN_PROMPTS = 4_000
 DEMO_EVAL_PROMPTS = 256
-DEMO_EVAL_EVERY = 10  # optimizer steps between two points of the learning curve
+DEMO_EVAL_EVERY = 20  # optimizer steps between two points of the learning curve
 DEMO_EVAL_SAMPLES = 4  # sampled answers per held-out problem, at the training temperature
 DEMO_SAMPLES_SHOWN = 4
 CURVE_FILE = "learning_curve.png"
