@@ -122,6 +122,17 @@ def run(opts, algorithm, regime, seed, model_path, eval_set, train_set):
         "train_reward_last": statistics.fmean(h.get("reward", float("nan")) for h in logs[-5:]),
         "wall_seconds": wall,
         "extra_generated_tokens": extra_tokens,
+        **{
+            f"dynamic_sampling_{name}": statistics.fmean(values)
+            for name in ("rounds", "kept_group_frac", "batch_fill")
+            if (
+                values := [
+                    h[f"nft/dynamic_sampling/{name}"]
+                    for h in trainer.state.log_history
+                    if f"nft/dynamic_sampling/{name}" in h
+                ]
+            )
+        },
     }
 
 
@@ -157,8 +168,16 @@ def summarize(results, opts):
             name = algorithm
             extra = statistics.fmean(r["extra_generated_tokens"] for r in rows)
             if extra:
-                name += f" (+{extra:.0f} generated tokens)"
+                name += f" (+{extra:.0f} generated tokens per run)"
             lines.append(f"| {regime}-policy | {name} | " + " | ".join(cells) + " |")
+    sampled = [r for r in results if "dynamic_sampling_rounds" in r]
+    if sampled:
+        lines += [
+            "",
+            f"Dynamic sampling: {statistics.fmean(r['dynamic_sampling_rounds'] for r in sampled):.2f} generation rounds "
+            f"per step, {statistics.fmean(r['dynamic_sampling_kept_group_frac'] for r in sampled):.1%} of generated "
+            f"groups kept (mixed), batch filled to {statistics.fmean(r['dynamic_sampling_batch_fill'] for r in sampled):.1%}.",
+        ]
     lines += [
         "",
         f"Starting point (the same model for every run): held-out accuracy {statistics.fmean(start):.1%} sampled, "
