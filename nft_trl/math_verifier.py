@@ -30,7 +30,8 @@ Usage with TRL (logged as ``rewards/math_verifier/mean``)::
     >>> from nft_trl import math_verifier, make_math_verifier
     >>> math_verifier([r"so \boxed{\dfrac{1}{2}}", r"\boxed{0.4}"], solution=["0.5", "0.5"])
     [1.0, 0.0]
-    >>> strict = make_math_verifier(mode="strict")  # the paper's training verifier (DAPO-style string match)
+    >>> strict = make_math_verifier(mode="strict")  # last box, normalised string match
+    >>> authors = make_math_verifier(mode="dapo_strict_box")  # the NFT authors' training verdict (verl math_dapo)
 
 Rewards: 1.0 correct, 0.0 wrong (no extractable answer and truncated answers included), ``None`` when the gold
 cannot be parsed (TRL turns it into NaN and ignores it). POSIX only (workers fork); Linux also ties each executor's
@@ -62,7 +63,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MathVerifier",
     "VerifierPool",
+    "dapo_strict_box",
     "default_workers",
+    "extract_dapo_strict_box",
     "extract_last_boxed",
     "get_default_pool",
     "make_math_verifier",
@@ -95,8 +98,13 @@ NUMERIC_FAST_PATH_MAX_MAGNITUDE = 10**9
 MIN_CHUNK_ANSWERS = 4
 CHUNKS_PER_WORKER = 4
 
-Mode = Literal["math", "strict"]
-_MODES = ("math", "strict")
+Mode = Literal["math", "strict", "dapo_strict_box"]
+_MODES = ("math", "strict", "dapo_strict_box")
+# verl's `math_dapo` rule, which the NFT authors train with: it keeps the answer's last 300 characters, and its strict
+# box check then looks only at the last 100 of those (so in effect the last 100 characters).
+DAPO_TAIL_CHARS = 300
+DAPO_STRICT_BOX_TAIL_CHARS = 100
+_DAPO_BOX_OPEN = "\\boxed{"
 _WORKER_SCRIPT = Path(__file__).with_name("_math_verify_worker.py")
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,6 +170,34 @@ def extract_last_boxed(text: str) -> str | None:
     '\\frac{a}{b}'
     """
     return _find_last_box(text).content
+
+
+def extract_dapo_strict_box(text: str) -> str | None:
+    r"""The answer verl's ``math_dapo`` strict-box rule reads: the content of the last ``\boxed{`` in the last 100 characters.
+
+    The rule, as the NFT authors train with it: keep the last ``DAPO_TAIL_CHARS`` (300) characters, then the last
+    ``DAPO_STRICT_BOX_TAIL_CHARS`` (100) of those; find the last literal ``\boxed{`` there and match braces by plain
+    counting (every ``{`` opens, every ``}`` closes; no escapes). No box there, or a box that does not close before
+    the end, gives None. Nothing is stripped or normalised.
+
+    >>> extract_dapo_strict_box(r"so the answer is \boxed{\frac{1}{2}}.")
+    '\\frac{1}{2}'
+    >>> extract_dapo_strict_box(r"\boxed{7}" + " " * 100) is None  # the box lies outside the last 100 characters
+    True
+    """
+    tail = text[-DAPO_TAIL_CHARS:][-DAPO_STRICT_BOX_TAIL_CHARS:]
+    start = tail.rfind(_DAPO_BOX_OPEN)
+    if start < 0:
+        return None
+    depth = 0
+    for end in range(start + len(_DAPO_BOX_OPEN) - 1, len(tail)):
+        if tail[end] == "{":
+            depth += 1
+        elif tail[end] == "}":
+            depth -= 1
+            if depth == 0:
+                return tail[start + len(_DAPO_BOX_OPEN) : end]
+    return None
 
 
 def _completion_text(completion: Any) -> str:
@@ -665,8 +701,14 @@ class MathVerifier:
     Parameters:
         mode (`str`, *optional*, defaults to `"math"`):
             `"math"`: math-verify equivalence (fractions vs decimals, intervals, sets, units, ``x =``, ...).
-            `"strict"`: the paper's training verifier: the last box, :func:`normalize_answer`, string equality, as
-            DAPO-Math-17k's integer answers are graded. Plain string operations, no SymPy, no worker processes.
+            `"strict"`: the last box anywhere in the text, :func:`normalize_answer` on both sides, string equality.
+            Plain string operations, no SymPy, no worker processes. Not the authors' rule (it normalises and reads
+            the whole text).
+            `"dapo_strict_box"`: the NFT authors' training verdict, verl's ``math_dapo`` strict-box rule (see
+            :func:`extract_dapo_strict_box`): the last ``\boxed{}`` within the answer's last 100 characters,
+            compared to the gold by raw string equality, with no normalisation on either side. Use it to reproduce
+            the paper's training runs on DAPO-Math-17k; it grades equivalent spellings (``0.5`` vs ``\frac12``) and
+            answers boxed earlier in the text as wrong.
         timeout (`float`, *optional*, defaults to `5.0`):
             Hard limit in seconds for one verification (math mode). An answer that exceeds it is graded 0.0.
         workers (`int` or `None`, *optional*, defaults to `None`):
@@ -710,6 +752,8 @@ class MathVerifier:
                 "gold answer per completion (the dataset's `solution` column)."
             )
         texts = [_completion_text(completion) for completion in completions]
+        if self.mode == "dapo_strict_box":
+            return self._grade_dapo_strict_box(texts, solution)
         golds = [_gold_text(gold) for gold in solution]
         if self.mode == "strict":
             return self._grade_strict(texts, golds)
@@ -725,6 +769,17 @@ class MathVerifier:
                 continue
             answer = extract_last_boxed(text)
             rewards.append(float(answer is not None and normalize_answer(answer) == gold_normal))
+        return rewards
+
+    def _grade_dapo_strict_box(self, texts: list[str], solution: Sequence[Any]) -> list[float | None]:
+        rewards: list[float | None] = []
+        for text, gold in zip(texts, solution, strict=True):
+            if gold is None:
+                _warn_unparseable_gold("None", "is missing")
+                rewards.append(None)
+                continue
+            # The gold is compared as it is stored (a non-string gold, e.g. an integer column, as its str()).
+            rewards.append(float(extract_dapo_strict_box(text) == str(gold)))
         return rewards
 
     def _grade_math(self, texts: list[str], golds: list[str]) -> list[float | None]:
@@ -806,3 +861,6 @@ def make_math_verifier(
 
 math_verifier = make_math_verifier()
 """The default verifier: math mode, 5 s hard timeout per verification, one worker per CPU."""
+
+dapo_strict_box = make_math_verifier("dapo_strict_box", name="dapo_strict_box")
+"""The NFT authors' training verdict (verl's ``math_dapo`` strict box); logged as ``rewards/dapo_strict_box/mean``."""

@@ -15,7 +15,9 @@ from .nft_loss import PROMPT_WEIGHTINGS
 logger = logging.getLogger(__name__)
 
 #: Aggregations of the per-token loss that NFT supports, with the exact normalisation GRPOTrainer gives them.
-SUPPORTED_LOSS_TYPES: tuple[str, ...] = ("dr_grpo", "dapo", "grpo", "bnpo")
+SUPPORTED_LOSS_TYPES: tuple[str, ...] = ("dr_grpo", "dapo", "grpo", "bnpo", "token_sum")
+#: The constant the NFT authors' verl code divides each micro-batch's token sum by (`loss_type="token_sum"`).
+AUTHORS_TOKEN_SUM_DIVISOR = 1000.0
 
 
 @dataclass
@@ -71,11 +73,25 @@ class NFTConfig(GRPOConfig):
         max_sampling_rounds (`int`, *optional*, defaults to `10`):
             Generation rounds per generation step at most (the first included). At the cap the batch is completed
             with degenerate groups marked invalid (no loss, no tokens in the normalisers) and a warning is logged.
+        dynamic_sampling_multiplier (`int`, *optional*, defaults to `1`):
+            With `dynamic_sampling`: each generation round generates this many times the questions of the generation
+            batch (TRL's batch first, then `multiplier - 1` batches from the refill stream), and the mixed groups are
+            counted only at the end of a round. The authors generate 3 x 512 questions per round (verl's
+            `gen_batch_size = 3 * train_batch_size`) for up to 10 rounds.
+        correct_rate_margin (`float`, *optional*, defaults to `0.0`):
+            Clamp `r_hat` into `[margin, 1 - margin]` inside the loss. `0.0` is NFT's definition; the authors' code
+            uses 0.02 (it never binds with 16 answers and dynamic sampling; without dynamic sampling it gives
+            all-wrong and all-right groups a small gradient where NFT's definition gives none).
         loss_type (`str`, *optional*, defaults to `"dr_grpo"`):
-            Aggregation of the per-token loss, normalised exactly as GRPOTrainer does: `"dr_grpo"` (sum over tokens
-            divided by `batch * max_completion_length`, the paper's choice), `"dapo"` (by the number of tokens in the
-            global accumulated batch), `"grpo"` (per-sequence mean, then mean over sequences), `"bnpo"` (by the number
-            of tokens in the local batch).
+            Aggregation of the per-token loss. As GRPOTrainer normalises: `"dr_grpo"` (sum over tokens divided by
+            `batch * max_completion_length`, NFT's constant normaliser), `"dapo"` (by the number of tokens in the
+            global accumulated batch), `"grpo"` (per-sequence mean, then mean over sequences), `"bnpo"` (by the
+            number of tokens in the local batch). And the NFT authors' reduction, `"token_sum"`: each micro-batch's
+            token sum divided by `token_sum_divisor`, without dividing by the gradient-accumulation steps (so an
+            optimizer step's gradient is the sum over all its tokens / (divisor x processes), as data-parallel
+            training averages over processes).
+        token_sum_divisor (`float`, *optional*, defaults to `1000.0`):
+            The constant of `loss_type="token_sum"` (the authors' `/ 1000`).
     """
 
     negative_weight: float = field(
@@ -143,14 +159,34 @@ class NFTConfig(GRPOConfig):
             "cap the batch is completed with degenerate groups that carry no loss, and a warning is logged."
         },
     )
+    dynamic_sampling_multiplier: int = field(
+        default=1,
+        metadata={
+            "help": "With dynamic_sampling: each generation round generates this many times the generation batch's "
+            "questions; mixed groups are counted at the end of a round. The authors: 3 (verl's gen_batch_size = "
+            "3 x train_batch_size), with max_sampling_rounds 10."
+        },
+    )
+    correct_rate_margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "Clamp r_hat into [margin, 1 - margin] inside the loss. 0.0 is NFT's definition; the authors' "
+            "code uses 0.02 (all-wrong and all-right groups then get a small gradient instead of none)."
+        },
+    )
     loss_type: str = field(
         default="dr_grpo",
         metadata={
-            "help": "Aggregation of the per-token loss, normalised as in GRPOTrainer: 'dr_grpo' (sum over a constant, "
-            "the paper's choice), 'dapo' (tokens in the global accumulated batch), 'grpo' (per-sequence mean), "
-            "'bnpo' (tokens in the local batch).",
+            "help": "Aggregation of the per-token loss: as in GRPOTrainer 'dr_grpo' (sum over batch x "
+            "max_completion_length), 'dapo' (tokens in the global accumulated batch), 'grpo' (per-sequence mean), "
+            "'bnpo' (tokens in the local batch); or the authors' 'token_sum' (each micro-batch's token sum / "
+            "token_sum_divisor, not divided by gradient-accumulation steps).",
             "choices": list(SUPPORTED_LOSS_TYPES),
         },
+    )
+    token_sum_divisor: float = field(
+        default=AUTHORS_TOKEN_SUM_DIVISOR,
+        metadata={"help": "The constant of loss_type='token_sum' (the authors' verl code: 1000)."},
     )
 
     def __post_init__(self):
@@ -200,6 +236,18 @@ class NFTConfig(GRPOConfig):
             raise ValueError(
                 f"max_sampling_rounds must be >= 1 (the first generation round included), got {self.max_sampling_rounds}."
             )
+        if self.dynamic_sampling_multiplier < 1:
+            raise ValueError(
+                f"dynamic_sampling_multiplier must be >= 1 (1 generates one batch of questions per round), got "
+                f"{self.dynamic_sampling_multiplier}."
+            )
+        if not 0.0 <= self.correct_rate_margin < 0.5:
+            raise ValueError(
+                f"correct_rate_margin must be in [0, 0.5), got {self.correct_rate_margin}: r_hat is clamped into "
+                "[margin, 1 - margin]. 0.0 is NFT's definition, the authors' code uses 0.02."
+            )
+        if self.token_sum_divisor <= 0:
+            raise ValueError(f"token_sum_divisor must be > 0, got {self.token_sum_divisor} (the authors use 1000).")
         if self.beta < 0:
             raise ValueError(f"beta (KL coefficient) must be >= 0, got {self.beta}. NFT's recipe uses 0.")
         # GRPO options whose meaning does not carry over to NFT: reject rather than silently ignore.

@@ -98,6 +98,7 @@ def nft_per_token_loss(
     prompt_weighting: PromptWeighting = "incorrect_rate",
     max_log_ratio: float | None = 10.0,
     ratio_level: RatioLevel = "token",
+    correct_rate_margin: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token NFT loss.
 
@@ -115,6 +116,9 @@ def nft_per_token_loss(
         ratio_level: `"token"` uses the per-token ratio `R_t`; `"sequence"` uses the ratio of the whole answer,
             `R = prod_t R_t` (log-ratios summed over the answer's tokens), and spreads each answer's loss evenly over
             its tokens so that summing the per-token loss over a row gives the sequence loss.
+        correct_rate_margin: clamp `r_hat` into `[margin, 1 - margin]` inside the loss (both `x_t` and `w`). `0.0`
+            (no clamp) is NFT's definition; the authors' code uses 0.02, which gives all-wrong and all-right groups a
+            small gradient instead of none.
 
     Returns:
         `(per_token_loss, stats)`: the `(B, T)` loss (zero on masked tokens), to be aggregated by the caller, and
@@ -130,12 +134,16 @@ def nft_per_token_loss(
         raise ValueError(f"Unknown ratio_level {ratio_level!r}; use one of {RATIO_LEVELS}.")
     if negative_clip <= 0:
         raise ValueError(f"negative_clip must be > 0, got {negative_clip}.")
+    if not 0.0 <= correct_rate_margin < 0.5:
+        raise ValueError(f"correct_rate_margin must be in [0, 0.5), got {correct_rate_margin}.")
 
     mask = mask.to(per_token_logps.dtype)
     positive = correct.to(torch.bool)
     valid = torch.ones_like(positive) if valid is None else valid.to(torch.bool)
     row_keep = valid.to(per_token_logps.dtype)
     r_hat = correct_rate.detach().to(per_token_logps.dtype)
+    if correct_rate_margin > 0:
+        r_hat = r_hat.clamp(min=correct_rate_margin, max=1.0 - correct_rate_margin)
 
     log_ratio = torch.where(mask.bool(), per_token_logps - old_per_token_logps, torch.zeros_like(per_token_logps))
     if ratio_level == "sequence":

@@ -209,8 +209,14 @@ class NFTTrainer(GRPOTrainer):
         target_groups = target_rows // num_generations
         batches, mixed = [output], [ds.mixed_groups(correct, valid, num_generations)]
         extra_tokens = torch.zeros((), device=self.accelerator.device)
-        # Every process sees the same gathered verdicts, so every process takes the same number of rounds.
-        while sum(int(m.sum()) for m in mixed) < target_groups and len(batches) < self.args.max_sampling_rounds:
+        # A round is `dynamic_sampling_multiplier` batches of questions (TRL's batch opens the first one); the mixed
+        # groups are counted at the end of each round. Every process sees the same gathered verdicts, so every process
+        # takes the same number of rounds.
+        per_round = self.args.dynamic_sampling_multiplier
+        max_batches = per_round * self.args.max_sampling_rounds
+        while len(batches) % per_round or (
+            sum(int(m.sum()) for m in mixed) < target_groups and len(batches) < max_batches
+        ):
             prompts = self._refill.take(target_groups)
             global_rows = [index for index in prompts for _ in range(num_generations)]
             extra_inputs = [
@@ -223,7 +229,7 @@ class NFTTrainer(GRPOTrainer):
 
         selection = ds.select_groups(mixed, num_generations, target_rows)
         metrics = self._metrics["train"]
-        metrics["nft/dynamic_sampling/rounds"].append(len(batches))
+        metrics["nft/dynamic_sampling/rounds"].append(len(batches) / per_round)
         metrics["nft/dynamic_sampling/kept_group_frac"].append(selection.kept_groups / selection.generated_groups)
         metrics["nft/dynamic_sampling/batch_fill"].append(selection.kept_groups / target_groups)
         metrics["nft/dynamic_sampling/extra_generated_tokens"].append(float(extra_tokens))
@@ -342,6 +348,7 @@ class NFTTrainer(GRPOTrainer):
             prompt_weighting=self.args.prompt_weighting,
             max_log_ratio=self.args.max_log_ratio,
             ratio_level=self.importance_sampling_level,
+            correct_rate_margin=self.args.correct_rate_margin,
         )
         if self.top_entropy_quantile < 1.0:
             per_token_loss = per_token_loss * self.get_high_entropy_mask(
@@ -388,6 +395,11 @@ class NFTTrainer(GRPOTrainer):
             if mode == "train":
                 normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
             loss = masked.sum() / normalizer
+            return loss, loss.detach()
+        elif self.loss_type == "token_sum":
+            # The NFT authors' reduction: the micro-batch's token sum over a constant, summed (not averaged) over the
+            # accumulation window; data parallelism then averages over processes.
+            loss = masked.sum() / self.args.token_sum_divisor
             return loss, loss.detach()
         else:  # NFTConfig rejects anything else; guard against a config mutated after construction
             raise ValueError(f"NFTTrainer does not support loss_type={self.loss_type!r}.")

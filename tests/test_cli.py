@@ -82,17 +82,35 @@ def test_paper_recipes_reproduce_the_papers_arithmetic(recipe, gpus):
 def test_baselines_differ_from_nft_only_in_the_method():
     base = yaml.safe_load((RECIPES_DIR / f"{RECIPE_7B}.yaml").read_text())
     base.pop("output_dir")
+    # NFT's own fields; TRL's GRPOTrainer has none of them (nor dynamic sampling).
+    nft_only = {
+        "negative_weight",
+        "negative_clip",
+        "prompt_weighting",
+        "importance_sampling_level",
+        "max_log_ratio",
+        "correct_rate_margin",
+        "loss_type",
+        "token_sum_divisor",
+        "dynamic_sampling",
+        "dynamic_sampling_multiplier",
+        "max_sampling_rounds",
+    }
     expected_diffs = {
         "rft": {"negative_weight": 0.0, "prompt_weighting": "none"},
-        "grpo": {"method": "grpo", "loss_type": "grpo"},
-        "dapo": {"method": "grpo", "loss_type": "dapo", "epsilon_high": 0.28},
+        "grpo": {"method": "grpo", "loss_type": "grpo", "scale_rewards": "group", "epsilon": 0.2},
+        "dapo": {
+            "method": "grpo",
+            "loss_type": "dapo",
+            "scale_rewards": "group",
+            "epsilon": 0.2,
+            "epsilon_high": 0.28,
+        },
     }
-    # TRL's GRPOTrainer has no dynamic sampling: the GRPO and DAPO baselines leave it out.
-    without_dynamic_sampling = {k: v for k, v in base.items() if k not in ("dynamic_sampling", "max_sampling_rounds")}
     for method, diffs in expected_diffs.items():
         recipe = yaml.safe_load((RECIPES_DIR / f"Qwen2.5-Math-7B/{method}/config_paper.yaml").read_text())
         recipe.pop("output_dir")
-        expected = base if method == "rft" else without_dynamic_sampling
+        expected = base if method == "rft" else {k: v for k, v in base.items() if k not in nft_only}
         assert recipe == {**expected, **diffs}, method
 
 

@@ -192,3 +192,39 @@ def test_merge_rows_pads_each_field_on_its_side():
     assert merged["completion_ids"].tolist() == [[8, 9], [7, 0]]
     assert merged["completion_mask"].tolist() == [[1, 1], [1, 0]]
     assert merged["nft_valid"].tolist() == [False, True]
+
+
+def test_multiplier_generates_whole_rounds_and_scales_the_cap(
+    tmp_path, tiny_model, tiny_tokenizer, scripted_generation, caplog
+):
+    # The authors' budget: each round is `multiplier` batches of questions, up to max_sampling_rounds rounds.
+    args = config(tmp_path, max_sampling_rounds=2, dynamic_sampling_multiplier=3, max_steps=1)
+    trainer = NFTTrainer(
+        tiny_model, reward_funcs=[all_right], args=args, train_dataset=dataset(), processing_class=tiny_tokenizer
+    )
+    spy = LossSpy(trainer, tiny_tokenizer)
+    with caplog.at_level(logging.WARNING, logger="nft_trl.nft_trainer"):
+        trainer.train()
+    assert len(spy.generated) == 6, "2 rounds x 3 batches of questions"
+    log = next(h for h in trainer.state.log_history if "nft/dynamic_sampling/rounds" in h)
+    assert log["nft/dynamic_sampling/rounds"] == 2
+    assert any("max_sampling_rounds=2" in r.getMessage() for r in caplog.records)
+
+
+def test_multiplier_finishes_the_round_even_when_the_first_batch_suffices(
+    tmp_path, tiny_model, tiny_tokenizer, scripted_generation
+):
+    def all_mixed(prompts, **kwargs):
+        return [float(i % 2 == 0) for i in range(len(prompts))]
+
+    args = config(tmp_path, dynamic_sampling_multiplier=3, max_steps=1)
+    trainer = NFTTrainer(
+        tiny_model, reward_funcs=[all_mixed], args=args, train_dataset=dataset(), processing_class=tiny_tokenizer
+    )
+    spy = LossSpy(trainer, tiny_tokenizer)
+    trainer.train()
+    # As verl generates gen_batch_size questions per round: one round of 3 batches, the first mixed groups kept.
+    assert len(spy.generated) == 3
+    (batch,) = spy.batches
+    assert batch["nft_valid"].all()
+    assert Counter(spy.prompt_ids_of(batch)) == Counter(spy.generated[0]), "TRL's batch, shuffled"

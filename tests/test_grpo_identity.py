@@ -125,3 +125,22 @@ def test_off_policy_step_differs_from_grpo_only_through_the_ratio(tmp_path, tiny
     ratio_means = [h["nft/ratio_mean"] for h in trainer.state.log_history if "nft/ratio_mean" in h]
     assert ratio_means[0] == pytest.approx(1.0, abs=1e-6)
     assert ratio_means[1] != pytest.approx(1.0, abs=1e-6)
+
+
+def test_token_sum_is_the_authors_reduction(tmp_path, tiny_tokenizer, scripted_generation):
+    """`loss_type="token_sum"`: the step's token sum over a constant, not divided by the accumulation steps.
+
+    Dr. GRPO divides the same sum by rows x max_completion_length (8 x 6 = 48 here, over two micro-batches), so on
+    one on-policy SGD step the authors' reduction with a learning rate 1000 / 48 times larger moves every parameter
+    exactly as Dr. GRPO does.
+    """
+    overrides = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    divisor, dr_grpo_normaliser = 1000.0, 8 * 6
+    nft_args = common_args(tmp_path, "nft", **overrides)
+    nft_args["learning_rate"] *= divisor / dr_grpo_normaliser
+    nft = NFTConfig(**nft_args, loss_type="token_sum", token_sum_divisor=divisor)
+    grpo = GRPOConfig(**common_args(tmp_path, "grpo", loss_type="dr_grpo", **overrides), scale_rewards="none")
+    d_nft = one_step_delta(NFTTrainer, nft, tiny_tokenizer, first_token_mod3)
+    d_grpo = one_step_delta(GRPOTrainer, grpo, tiny_tokenizer, first_token_mod3)
+    for name in d_nft:
+        assert_close(d_nft[name], d_grpo[name], rtol=1e-4, atol=1e-7)

@@ -251,7 +251,7 @@ def test_unparseable_gold_gives_none_and_warns_once_per_gold(verify, caplog, mon
     assert len(warnings) == 3  # "}{", "\text{}" and the empty gold, once each
 
 
-def test_strict_mode_is_the_papers_string_match():
+def test_strict_mode_is_a_normalised_string_match():
     strict = make_math_verifier("strict")
     golds = ["42", "1000", "42", "0.5", "5", "5", "5", "5"]
     completions = [
@@ -267,6 +267,43 @@ def test_strict_mode_is_the_papers_string_match():
     assert strict(completions, solution=golds) == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     assert strict([r"\boxed{1}"], solution=[""]) == [None]
     assert normalize_answer(r" x = 1{,}000 \text{ cm}. ") == "1000cm"
+
+
+def test_dapo_strict_box_mode_is_the_authors_rule():
+    """verl's math_dapo strict box, as the NFT authors train: last 100 characters, last \boxed{}, raw equality."""
+    authors = make_math_verifier("dapo_strict_box")
+    padding = " and so on" * 10  # 100 characters
+    cases = [
+        (r"so $\boxed{42}$.", "42", 1.0),
+        (r"\boxed{42}" + padding, "42", 0.0),  # the box ends outside the last 100 characters
+        (r"\boxed{42}" + padding[: -len(r"\boxed{42}")], "42", 1.0),  # the whole box inside the last 100
+        ("x" * 500 + r"\boxed{42}", "42", 1.0),  # a long answer: only its tail is read
+        (r"\boxed{ 42}", "42", 0.0),  # whitespace inside the box is kept
+        (r"\boxed{42 }", "42", 0.0),
+        (r"\boxed{0.5}", r"\frac{1}{2}", 0.0),  # equivalent but a different string
+        (r"\boxed{\frac12}", r"\frac{1}{2}", 0.0),
+        (r"\boxed{1,000}", "1000", 0.0),  # no normalisation (the strict mode would accept it)
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", 1.0),  # nested braces are matched
+        (r"\boxed{\sqrt{\frac{1}{2}}}", r"\sqrt{\frac{1}{2}}", 1.0),
+        (r"\boxed{\{1\}}", r"\{1\}", 1.0),  # escaped braces are counted like any brace
+        ("The final answer is 42", "42", 0.0),  # no box
+        (r"\boxed{42", "42", 0.0),  # an unclosed box (truncated answer)
+        (r"\boxed 42", "42", 0.0),  # only the literal "\boxed{" counts
+        (r"\fbox{42}", "42", 0.0),
+        (r"\boxed{41} no, \boxed{42}", "42", 1.0),  # the last box counts
+        (r"\boxed{42} no, \boxed{41}", "42", 0.0),
+        (r"\boxed{$42$}", "42", 0.0),
+    ]
+    completions, golds, expected = zip(*cases, strict=True)
+    assert authors(list(completions), solution=list(golds)) == list(expected)
+    assert authors([r"\boxed{7}"], solution=[7]) == [1.0]  # a non-string gold is compared as its str()
+    assert authors([r"\boxed{7}"], solution=[None]) == [None]
+    conversational = [[{"role": "assistant", "content": r"\boxed{7}"}]]
+    assert authors(conversational, solution=["7"]) == [1.0]
+    assert mv.extract_dapo_strict_box(r"\boxed{\frac{1}{2}} tail") == r"\frac{1}{2}"
+    assert mv.extract_dapo_strict_box("no box") is None
+    # Where the two string modes differ, and where the equivalence mode differs from both.
+    assert make_math_verifier("strict")([r"\boxed{1,000}"], solution=["1000"]) == [1.0]
 
 
 def test_extract_last_boxed():

@@ -48,6 +48,10 @@ def test_unsupported_loss_type_names_the_supported_values(loss_type):
         ({"off_policy_mask_threshold": 0.5}, "does not support `off_policy_mask_threshold`"),
         ({"entropy_coef": 0.01}, "does not support `entropy_coef`"),
         ({"use_adaptive_entropy": True}, "does not support `use_adaptive_entropy`"),
+        ({"dynamic_sampling_multiplier": 0}, "dynamic_sampling_multiplier must be >= 1"),
+        ({"correct_rate_margin": 0.5}, r"correct_rate_margin must be in \[0, 0.5\)"),
+        ({"correct_rate_margin": -0.01}, r"correct_rate_margin must be in \[0, 0.5\)"),
+        ({"token_sum_divisor": 0.0}, "token_sum_divisor must be > 0"),
     ],
 )
 def test_validation_says_what_to_change(kwargs, message):

@@ -244,3 +244,24 @@ def test_prompt_weights():
     assert_close(nft_prompt_weights(r_hat, "none"), torch.ones(3))
     with pytest.raises(ValueError, match="incorrect_rate"):
         nft_prompt_weights(r_hat, "bogus")
+
+
+def test_correct_rate_margin_clamps_r_hat_as_the_authors_code():
+    logps, old, correct, r_hat, mask = random_batch(spread=1.0)
+    # Inside [margin, 1 - margin] the clamp changes nothing.
+    plain, _ = nft_per_token_loss(logps, old, correct, r_hat, mask)
+    clamped, _ = nft_per_token_loss(logps, old, correct, r_hat, mask, correct_rate_margin=0.2)
+    assert_close(plain, clamped)
+    # Outside, it is the loss at the clamped rate: degenerate groups get a small gradient instead of none.
+    all_wrong = torch.zeros(6, dtype=torch.bool)
+    loss, _ = nft_per_token_loss(logps, old, all_wrong, torch.zeros(6), mask, correct_rate_margin=0.02)
+    expected, _ = nft_per_token_loss(logps, old, all_wrong, torch.full((6,), 0.02), mask)
+    assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss.sum(), logps)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    all_right = torch.ones(6, dtype=torch.bool)
+    loss, _ = nft_per_token_loss(logps, old, all_right, torch.ones(6), mask, correct_rate_margin=0.02)
+    expected, _ = nft_per_token_loss(logps, old, all_right, torch.full((6,), 0.98), mask)
+    assert_close(loss, expected)
+    with pytest.raises(ValueError, match="correct_rate_margin"):
+        nft_per_token_loss(logps, old, correct, r_hat, mask, correct_rate_margin=0.5)

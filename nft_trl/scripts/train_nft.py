@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 #: Reward functions selectable by name; anything else in `reward_funcs` is read as a dotted import path.
 #: Values are import paths so that the heavy verifier loads only when used.
-REWARD_FUNCS = {"math_verifier": "nft_trl.math_verifier.math_verifier"}
+REWARD_FUNCS = {
+    "math_verifier": "nft_trl.math_verifier.math_verifier",
+    "dapo_strict_box": "nft_trl.math_verifier.dapo_strict_box",
+}
 
 
 @dataclass
@@ -74,7 +77,8 @@ class NFTScriptArguments:
     reward_funcs: list[str] = field(
         default_factory=lambda: ["math_verifier"],
         metadata={
-            "help": "Reward functions by name (math_verifier) or dotted import path (my_pkg.rewards.fn). The first "
+            "help": "Reward functions by name (math_verifier: math-verify equivalence; dapo_strict_box: the NFT "
+            "authors' verdict) or dotted import path (my_pkg.rewards.fn). The first "
             "one gives NFT's correct/wrong verdict unless correctness_reward names another."
         },
     )
