@@ -28,7 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from nft_trl.math_verifier import get_default_pool, make_math_verifier  # noqa: E402
+from nft_trl.rewards.verifier import get_default_pool, make_math_verifier  # noqa: E402
 
 
 BENCHMARKS_DIR = Path(os.environ.get("NFT_TRL_BENCHMARKS_DIR", REPO_ROOT.parent / "shared/data/benchmarks"))
@@ -126,7 +126,7 @@ def baseline(completions: list[str], solutions: list[str]) -> list[float]:
     """Plain math-verify, one completion after the other."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-    # The extraction config the verifier's workers use (nft_trl/_math_verify_worker.py).
+    # The extraction config the verifier's workers use (nft_trl/_worker.py).
     config = [
         LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),
         ExprExtractionConfig(try_extract_without_anchor=False),

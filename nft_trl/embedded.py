@@ -572,12 +572,12 @@ def evaluate_accuracy(
         temperature: sampling temperature, with top-k and top-p disabled; 0.0 means greedy decoding.
         max_new_tokens: generation budget; answers cut off before their box count as wrong.
         batch_size: prompts per `generate` call.
-        reward_fn: defaults to `nft_trl.math_verifier.math_verifier`.
+        reward_fn: defaults to `nft_trl.rewards.verifier.math_verifier`.
         seed: seeds sampling (the global RNG state is restored afterwards); `None` keeps the current RNG.
         num_examples: how many completions to return in `examples`.
     """
     if reward_fn is None:
-        from nft_trl.math_verifier import math_verifier as reward_fn
+        from nft_trl.rewards.verifier import math_verifier as reward_fn
     greedy = temperature == 0.0
     if greedy and num_samples != 1:
         raise ValueError("Greedy decoding (temperature=0.0) gives identical samples: use num_samples=1.")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .nft_config import NFTConfig
+from .algorithm.config import NFTConfig
 
 
 GB = 1e9  # memory is reported in GB (10^9 bytes), as GPU vendors state it (an H100 has 80 GB)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 import nft_trl
+from nft_trl.algorithm.config import NFTConfig
 from nft_trl.commands import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
-from nft_trl.nft_config import NFTConfig
 from nft_trl.preflight import KNOWN_MODELS, RECIPES_DIR, arithmetic, launch_from, model_shape, shipped_recipes
 
 

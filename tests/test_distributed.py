@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nft_trl.nft_loss import group_correct_rate
+from nft_trl.algorithm.loss import group_correct_rate
 
 
 SCRIPTS = Path(__file__).parent / "scripts"

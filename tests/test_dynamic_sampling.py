@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nft_trl import NFTConfig, NFTTrainer
-from nft_trl.dynamic_sampling import RefillStream, merge_rows, mixed_groups, select_groups
+from nft_trl.algorithm.dynamic_sampling import RefillStream, merge_rows, mixed_groups, select_groups
 
 
 DEGENERATE = set(range(0, 16, 2))  # prompts whose answers are all right (id % 4 == 0) or all wrong (id % 4 == 2)
@@ -119,7 +119,7 @@ def test_cap_is_respected_and_short_batch_is_masked(tmp_path, tiny_model, tiny_t
     )
     spy = LossSpy(trainer, tiny_tokenizer)
     before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
-    with caplog.at_level(logging.WARNING, logger="nft_trl.nft_trainer"):
+    with caplog.at_level(logging.WARNING, logger="nft_trl.algorithm"):
         trainer.train()
     assert len(spy.generated) == 3, "exactly max_sampling_rounds generation rounds"
     log = next(h for h in trainer.state.log_history if "nft/dynamic_sampling/rounds" in h)
@@ -143,7 +143,7 @@ def test_resume_continues_the_refill_stream(tmp_path, tiny_model_path, tiny_toke
     assert [resumed_spy.prompt_ids_of(b) for b in resumed_spy.batches] == [
         first_spy.prompt_ids_of(b) for b in first_spy.batches[2:]
     ]
-    assert resumed._refill.state_dict() == first._refill.state_dict()
+    assert resumed._sampler.stream.state_dict() == first._sampler.stream.state_dict()
 
 
 def test_refill_stream_is_deterministic_across_epochs_and_restorable():
@@ -203,7 +203,7 @@ def test_multiplier_generates_whole_rounds_and_scales_the_cap(
         tiny_model, reward_funcs=[all_right], args=args, train_dataset=dataset(), processing_class=tiny_tokenizer
     )
     spy = LossSpy(trainer, tiny_tokenizer)
-    with caplog.at_level(logging.WARNING, logger="nft_trl.nft_trainer"):
+    with caplog.at_level(logging.WARNING, logger="nft_trl.algorithm"):
         trainer.train()
     assert len(spy.generated) == 6, "2 rounds x 3 batches of questions"
     log = next(h for h in trainer.state.log_history if "nft/dynamic_sampling/rounds" in h)

@@ -304,7 +304,7 @@ def test_cli_end_to_end_on_real_files(tiny_model_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     settings = results["settings"]
     assert settings["model"] == str(tiny_model_dir) and settings["backend"] == "transformers"
-    assert settings["verifier"]["name"] == "nft_trl.math_verifier.math_verifier"
+    assert settings["verifier"]["name"] == "nft_trl.rewards.verifier.math_verifier"
     assert settings["package_versions"]["torch"] == torch.__version__
     assert set(results["benchmarks"]) == set(SIX)
     for name in SIX:
@@ -379,7 +379,7 @@ def test_stored_completions_are_rescored_not_regenerated(toy_benchmark, tiny_tok
     no_generation = ScriptedGenerator(golds, fail_after=0)  # raises if asked to generate
     second = evaluate("m", [f"toy={toy_benchmark}"], generator=no_generation, **kwargs)  # the training verifier
     assert second["benchmarks"]["toy"]["metrics"]["avg@2"]["value"] == 0.5
-    assert second["settings"]["verifier"]["name"] == "nft_trl.math_verifier.math_verifier"
+    assert second["settings"]["verifier"]["name"] == "nft_trl.rewards.verifier.math_verifier"
 
 
 # ------------------------------------------------------------------------------------------------------ generation

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 
 from nft_trl import make_math_verifier, math_verifier
-from nft_trl.math_verifier import extract_last_boxed, get_default_pool, normalize_answer
+from nft_trl.rewards.verifier import extract_last_boxed, get_default_pool, normalize_answer
 
 
 # `nft_trl.math_verifier` as an attribute is the reward function (the package re-exports it); this is the module.
-mv = importlib.import_module("nft_trl.math_verifier")
+mv = importlib.import_module("nft_trl.rewards.verifier")
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def test_unparseable_gold_gives_none_and_warns_once_per_gold(verify, caplog, mon
     monkeypatch.setattr(mv, "_warned_golds", set())
     golds = ["}{", "}{", r"\text{}", None, "7", "}{"]
     completions = [r"\boxed{1}", r"\boxed{}{}", r"\boxed{2}", r"\boxed{3}", r"\boxed{7}", "no answer"]
-    with caplog.at_level(logging.WARNING, logger="nft_trl.math_verifier"):
+    with caplog.at_level(logging.WARNING, logger="nft_trl.rewards.verifier"):
         assert verify(completions, solution=golds) == [None, None, None, None, 1.0, None]
         assert verify(completions[:2], solution=golds[:2]) == [None, None]
     warnings = [record.getMessage() for record in caplog.records if "gold answer" in record.getMessage()]
@@ -415,7 +415,7 @@ def test_workers_import_neither_torch_nor_nft_trl(verify):
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert "torch" not in maps
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            assert b"-P" in cmdline and cmdline[2].endswith(b"_math_verify_worker.py")
+            assert b"-P" in cmdline and cmdline[2].endswith(b"_worker.py")
 
 
 def test_crashed_executor_is_replaced_without_waiting_for_the_timeout():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from nft_trl.nft_loss import group_correct_rate, nft_per_token_loss, nft_prompt_weights, straight_through_floor
+from nft_trl.algorithm.loss import group_correct_rate, nft_per_token_loss, nft_prompt_weights, straight_through_floor
 
 
 def naive_loss(logps, old, correct, r_hat, mask, *, negative_weight, eps, weighting, cap, level):

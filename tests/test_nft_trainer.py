@@ -10,7 +10,7 @@ from datasets import Dataset
 from torch.testing import assert_close
 
 from nft_trl import NFTConfig, NFTTrainer
-from nft_trl.nft_loss import nft_per_token_loss
+from nft_trl.algorithm.loss import nft_per_token_loss
 
 
 def first_token_mod3(completions, completion_ids, **kwargs):
@@ -192,7 +192,7 @@ def test_non_binary_verdict_reward_is_loud(tmp_path, tiny_model, tiny_tokenizer,
         return [0.1 * (ids[0] % 7) for ids in completion_ids]
 
     trainer = make_trainer(tiny_model, tiny_tokenizer, config(tmp_path, max_steps=1), reward=[reward_model_like])
-    with caplog.at_level(logging.WARNING, logger="nft_trl.nft_trainer"):
+    with caplog.at_level(logging.WARNING, logger="nft_trl.algorithm"):
         trainer.train()
     messages = [r.getMessage() for r in caplog.records if "non-binary" in r.getMessage()]
     assert len(messages) == 1 and "reward_model_like" in messages[0] and "median" in messages[0]

@@ -8,8 +8,8 @@ from authors_settings import PAPER_RECIPES, SETTINGS, derived
 from trl import GRPOConfig
 
 from nft_trl import NFTConfig
-from nft_trl.math_verifier import extract_dapo_strict_box
 from nft_trl.preflight import RECIPES_DIR, shipped_recipes
+from nft_trl.rewards.verifier import extract_dapo_strict_box
 
 
 def load(recipe: str) -> dict:

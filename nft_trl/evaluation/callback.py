@@ -62,7 +62,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         data_dir: folder of the benchmark files (default `$NFT_TRL_BENCHMARKS_DIR`).
         prompt_template, instruction: as for `nft-trl eval`.
         batch_size: problems per `generate` call.
-        verifier: defaults to `nft_trl.math_verifier.math_verifier`, the training verifier.
+        verifier: defaults to `nft_trl.rewards.verifier.math_verifier`, the training verifier.
         prefix: key prefix in the logs.
     """
 

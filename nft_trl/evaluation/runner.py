@@ -48,7 +48,7 @@ from .generation import SamplingSettings, TransformersGenerator, VLLMGenerator, 
 
 logger = logging.getLogger(__name__)
 
-VERIFIER_MODULE = "nft_trl.math_verifier"
+VERIFIER_MODULE = "nft_trl.rewards.verifier"
 VERIFIER_FUNCTION = "math_verifier"
 SETTINGS_HASH_CHARS = 16
 SEED_MODULUS = 2**31 - 1
@@ -392,7 +392,7 @@ def evaluate(
         prompt_template: `"chat"` (the tokenizer's chat template) or `"raw"`; `instruction` is appended to each problem.
         output_dir: where samples and results go; `None` keeps nothing on disk (no resume).
         limit: evaluate only the first `limit` problems of each benchmark (for smoke tests).
-        verifier: defaults to the training verifier `nft_trl.math_verifier.math_verifier`.
+        verifier: defaults to the training verifier `nft_trl.rewards.verifier.math_verifier`.
         generator, tokenizer: an already built generator (and the tokenizer for prompts), e.g. in tests.
         generator_kwargs: `dtype`, `device`, `tensor_parallel_size`, `gpu_memory_utilization`, `max_model_len`.
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from trl import GRPOConfig, ModelConfig, TrlParser
 
-from nft_trl.nft_config import NFTConfig
+from nft_trl.algorithm.config import NFTConfig
 
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 #: Reward functions selectable by name; anything else in `reward_funcs` is read as a dotted import path.
 #: Values are import paths so that the heavy verifier loads only when used.
 REWARD_FUNCS = {
-    "math_verifier": "nft_trl.math_verifier.math_verifier",
-    "dapo_strict_box": "nft_trl.math_verifier.dapo_strict_box",
+    "math_verifier": "nft_trl.rewards.verifier.math_verifier",
+    "dapo_strict_box": "nft_trl.rewards.verifier.dapo_strict_box",
 }
 
 
@@ -149,7 +149,7 @@ def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: 
     from transformers import AutoTokenizer
     from trl import GRPOTrainer, get_peft_config, get_quantization_config
 
-    from nft_trl.nft_trainer import NFTTrainer
+    from nft_trl.algorithm.trainer import NFTTrainer
 
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()

@@ -181,3 +181,82 @@ def nft_per_token_loss(
             "tokens": kept.sum(),
         }
     return per_token_loss, stats
+
+
+#: Aggregations of the per-token loss. The first four normalise exactly as GRPOTrainer does for the same `loss_type`
+#: (re-implemented here, so `tests/test_grpo_identity.py` checks them against the installed TRL); `"token_sum"` is
+#: the NFT authors' verl reduction.
+LOSS_TYPES: tuple[str, ...] = ("dr_grpo", "dapo", "grpo", "bnpo", "token_sum")
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    *,
+    max_completion_length: int,
+    num_items_in_batch: torch.Tensor,
+    num_processes: int,
+    accumulation_steps: int,
+    steps_per_generation: int,
+    token_sum_divisor: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduce one micro-batch's `(B, T)` loss to the scalar to back-propagate, and the detached `policy_loss` value.
+
+    The scalar is already divided for gradient accumulation where the aggregation needs it (GRPOTrainer sets
+    `loss_is_scaled_for_ga`): `"grpo"` (per-answer mean, then mean), `"bnpo"` (over the micro-batch's tokens) and
+    `"dr_grpo"` (over `B x max_completion_length`) are divided by `accumulation_steps`; `"dapo"` divides by the tokens
+    of one process's accumulation window (`num_items_in_batch`, the generation batch's tokens on all processes, times
+    `accumulation_steps / (steps_per_generation x num_processes)`); `"token_sum"` divides the micro-batch's token sum
+    by `token_sum_divisor` and nothing else, so an optimizer step sums its micro-batches (data parallelism then
+    averages over processes). In evaluation pass `accumulation_steps=steps_per_generation=1`.
+    """
+    masked = per_token_loss * mask
+    if loss_type == "dapo":
+        normaliser = num_items_in_batch.clamp(min=1.0) / num_processes * accumulation_steps / steps_per_generation
+        loss = masked.sum() / normaliser
+        return loss, loss.detach()
+    if loss_type == "token_sum":
+        loss = masked.sum() / token_sum_divisor
+        return loss, loss.detach()
+    if loss_type == "grpo":
+        loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = masked.sum() / mask.sum().clamp(min=1.0)
+    elif loss_type == "dr_grpo":
+        loss = masked.sum() / (per_token_loss.size(0) * max_completion_length)
+    else:
+        raise ValueError(f"Unknown loss_type {loss_type!r}; use one of {LOSS_TYPES}.")
+    return loss / accumulation_steps, loss.detach()
+
+
+def loss_metric_sums(
+    stats: dict[str, torch.Tensor],
+    policy_loss: torch.Tensor,
+    entropies: torch.Tensor,
+    mask: torch.Tensor,
+    per_token_kl: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The sums behind the loss metrics of one micro-batch, stacked so one collective reduces them all."""
+    mask = mask.to(entropies.dtype)
+    sums = [stats[k] for k in ("positive_tokens", "negative_tokens", "clamped_tokens", "ratio_sum", "tokens")]
+    sums += [(entropies.detach() * mask).sum(), mask.sum(), policy_loss, torch.ones((), device=mask.device)]
+    if per_token_kl is not None:
+        sums.append((per_token_kl.detach() * mask).sum())
+    return torch.stack([value.float() for value in sums])
+
+
+def loss_metrics(sums: torch.Tensor) -> dict[str, float]:
+    """Metric values from `loss_metric_sums` added up over processes (`policy_loss` averaged over them)."""
+    pos, neg, clamped, ratio_sum, tokens, entropy_sum, mask_sum, loss_sum, processes, *kl = sums.tolist()
+    metrics = {
+        "nft/positive_token_frac": pos / max(tokens, 1.0),
+        "nft/negative_token_frac": neg / max(tokens, 1.0),
+        "nft/clamped_frac": clamped / neg if neg > 0 else 0.0,
+        "nft/ratio_mean": ratio_sum / max(tokens, 1.0),
+        "nft/policy_loss": loss_sum / processes,
+        "entropy": entropy_sum / max(mask_sum, 1.0),
+    }
+    if kl:
+        metrics["kl"] = kl[0] / max(mask_sum, 1.0)
+    return metrics

@@ -1,6 +1,6 @@
-"""Worker process for :mod:`nft_trl.math_verifier`: runs math-verify's SymPy step where it can be killed.
+"""Worker process for :mod:`nft_trl.rewards.pool`: runs math-verify's SymPy step where it can be killed.
 
-This file is started as a script (``python -P _math_verify_worker.py TASK_FD RESULT_FD``), never imported from the
+This file is started as a script (``python -P _worker.py TASK_FD RESULT_FD``), never imported from the
 ``nft_trl`` package, so a worker imports only the standard library and math-verify (SymPy, latex2sympy2_extended),
 never torch or the trainer's ``__main__``. It is written to be safe to start from any thread of any process.
 

@@ -9,13 +9,11 @@ from typing import Literal
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_npu_available, is_torch_xpu_available
 from trl import GRPOConfig
 
-from .nft_loss import PROMPT_WEIGHTINGS
+from .loss import LOSS_TYPES, PROMPT_WEIGHTINGS
 
 
 logger = logging.getLogger(__name__)
 
-#: Aggregations of the per-token loss that NFT supports, with the exact normalisation GRPOTrainer gives them.
-SUPPORTED_LOSS_TYPES: tuple[str, ...] = ("dr_grpo", "dapo", "grpo", "bnpo", "token_sum")
 #: The constant the NFT authors' verl code divides each micro-batch's token sum by (`loss_type="token_sum"`).
 AUTHORS_TOKEN_SUM_DIVISOR = 1000.0
 
@@ -69,7 +67,7 @@ class NFTConfig(GRPOConfig):
         dynamic_sampling (`bool`, *optional*, defaults to `False`):
             DAPO-style dynamic sampling: keep only groups whose answers are mixed (`0 < r_hat < 1`), drawing more
             prompts and generating again until the generation batch is full, up to `max_sampling_rounds` rounds. All
-            processes make the same number of rounds; see `nft_trl.dynamic_sampling`.
+            processes make the same number of rounds; see `nft_trl.algorithm.dynamic_sampling`.
         max_sampling_rounds (`int`, *optional*, defaults to `10`):
             Generation rounds per generation step at most (the first included). At the cap the batch is completed
             with degenerate groups marked invalid (no loss, no tokens in the normalisers) and a warning is logged.
@@ -92,6 +90,10 @@ class NFTConfig(GRPOConfig):
             training averages over processes).
         token_sum_divisor (`float`, *optional*, defaults to `1000.0`):
             The constant of `loss_type="token_sum"` (the authors' `/ 1000`).
+        warn_no_signal_steps (`int`, *optional*, defaults to `5`):
+            Warn (once) when this many generation steps in a row hold no question with both a right and a wrong
+            answer: NFT's gradient is then zero. The warning gives the correct rate, the share of truncated answers
+            and the likely fixes. `0` disables it.
     """
 
     negative_weight: float = field(
@@ -181,12 +183,20 @@ class NFTConfig(GRPOConfig):
             "max_completion_length), 'dapo' (tokens in the global accumulated batch), 'grpo' (per-sequence mean), "
             "'bnpo' (tokens in the local batch); or the authors' 'token_sum' (each micro-batch's token sum / "
             "token_sum_divisor, not divided by gradient-accumulation steps).",
-            "choices": list(SUPPORTED_LOSS_TYPES),
+            "choices": list(LOSS_TYPES),
         },
     )
     token_sum_divisor: float = field(
         default=AUTHORS_TOKEN_SUM_DIVISOR,
         metadata={"help": "The constant of loss_type='token_sum' (the authors' verl code: 1000)."},
+    )
+
+    warn_no_signal_steps: int = field(
+        default=5,
+        metadata={
+            "help": "Warn once when this many generation steps in a row hold no question with both a right and a "
+            "wrong answer (nothing to learn), with the correct rate, truncated share and likely fixes. 0 disables."
+        },
     )
 
     def __post_init__(self):
@@ -198,10 +208,10 @@ class NFTConfig(GRPOConfig):
             )
             self.bf16 = False
         super().__post_init__()
-        if self.loss_type not in SUPPORTED_LOSS_TYPES:
+        if self.loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"NFTConfig does not support loss_type={self.loss_type!r}. Supported values are "
-                f"{', '.join(repr(t) for t in SUPPORTED_LOSS_TYPES)} (they only choose how the per-token NFT loss is "
+                f"{', '.join(repr(t) for t in LOSS_TYPES)} (they only choose how the per-token NFT loss is "
                 "aggregated); the other GRPO loss types are GRPO objectives, not aggregations."
             )
         if self.prompt_weighting not in PROMPT_WEIGHTINGS:
@@ -245,6 +255,10 @@ class NFTConfig(GRPOConfig):
             raise ValueError(
                 f"correct_rate_margin must be in [0, 0.5), got {self.correct_rate_margin}: r_hat is clamped into "
                 "[margin, 1 - margin]. 0.0 is NFT's definition, the authors' code uses 0.02."
+            )
+        if self.warn_no_signal_steps < 0:
+            raise ValueError(
+                f"warn_no_signal_steps must be >= 0 (0 disables the warning), got {self.warn_no_signal_steps}."
             )
         if self.token_sum_divisor <= 0:
             raise ValueError(f"token_sum_divisor must be > 0, got {self.token_sum_divisor} (the authors use 1000).")

@@ -10,15 +10,27 @@ a freshly generated one.
 Policy at the cap: the batch is completed with the first degenerate groups seen, marked invalid (no loss, no tokens
 in the normalisers), and a warning is logged.
 
-The helpers here are pure (no accelerator): the trainer does the gathers.
+`DynamicSampler` runs the rounds for the trainer (one call per generation step) and saves the refill stream's position
+in each checkpoint; the functions below it are pure (no accelerator).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .verdicts import Verdicts, mixed_groups
+
+
+logger = logging.getLogger(__name__)
+
+#: File in each checkpoint folder that holds the refill stream's position.
+STATE_FILE = "nft_dynamic_sampling_state.json"
 
 
 # Keys of a generation batch that dynamic sampling knows how to merge, with their padding side and value. `None` as
@@ -40,6 +52,111 @@ SUPPORTED_KEYS = frozenset(_SEQUENCE_KEYS) | frozenset(_ROW_KEYS) | frozenset(_B
 
 #: Distinguishes the refill stream's permutations from those of TRL's own sampler (which uses `seed` alone).
 _REFILL_STREAM_ID = 1
+
+
+class DynamicSampler:
+    """Fills a generation batch with mixed groups for `NFTTrainer` (see the module docstring).
+
+    Each round after TRL's own generates `target_groups` new questions drawn from a `RefillStream` through the
+    trainer's `_generate_and_judge`, so generation, rewards and verdicts are exactly the trainer's.
+    """
+
+    def __init__(self, trainer):
+        dataset = trainer.train_dataset
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError(
+                "dynamic_sampling draws extra prompts by index, so it needs a map-style training dataset (e.g. a "
+                "datasets.Dataset), not an IterableDataset. Load the dataset without streaming, or set "
+                "dynamic_sampling=False."
+            )
+        self.trainer = trainer
+        self.stream = RefillStream(len(dataset), seed=trainer.args.seed, shuffle=trainer.shuffle_dataset)
+
+    def fill(self, inputs: list[dict], output: dict, verdicts: Verdicts) -> tuple[dict, Verdicts]:
+        """Generate more rounds until the batch is full of mixed groups; return the batch and every round's verdicts."""
+        trainer, args = self.trainer, self.trainer.args
+        accelerator, num_generations = trainer.accelerator, trainer.num_generations
+        local_rows, process = len(inputs), accelerator.process_index
+        target_rows = local_rows * accelerator.num_processes
+        target_groups = target_rows // num_generations
+        batches, rounds = [output], [verdicts]
+        mixed = [mixed_groups(verdicts.correct, verdicts.valid, num_generations)]
+        extra_tokens = torch.zeros((), device=accelerator.device)
+        # A round is `dynamic_sampling_multiplier` batches of questions (TRL's batch opens the first one); the mixed
+        # groups are counted at the end of each round. Every process sees the same gathered verdicts, so every process
+        # takes the same number of rounds.
+        per_round = args.dynamic_sampling_multiplier
+        max_batches = per_round * args.max_sampling_rounds
+        while len(batches) % per_round or (
+            sum(int(m.sum()) for m in mixed) < target_groups and len(batches) < max_batches
+        ):
+            prompts = self.stream.take(target_groups)
+            global_rows = [index for index in prompts for _ in range(num_generations)]
+            mine = global_rows[process * local_rows : (process + 1) * local_rows]
+            extra, extra_verdicts = trainer._generate_and_judge([trainer.train_dataset[i] for i in mine])
+            batches.append(extra)
+            rounds.append(extra_verdicts)
+            mixed.append(mixed_groups(extra_verdicts.correct, extra_verdicts.valid, num_generations))
+            extra_tokens = extra_tokens + accelerator.gather(extra["completion_mask"].sum()).sum()
+
+        selection = select_groups(mixed, num_generations, target_rows)
+        metrics = trainer._metrics["train"]
+        metrics["nft/dynamic_sampling/rounds"].append(len(batches) / per_round)
+        metrics["nft/dynamic_sampling/kept_group_frac"].append(selection.kept_groups / selection.generated_groups)
+        metrics["nft/dynamic_sampling/batch_fill"].append(selection.kept_groups / target_groups)
+        metrics["nft/dynamic_sampling/extra_generated_tokens"].append(float(extra_tokens))
+        if selection.kept_groups < target_groups:
+            logger.warning(
+                f"Dynamic sampling reached max_sampling_rounds={args.max_sampling_rounds} with "
+                f"{selection.kept_groups} of {target_groups} groups mixed; training on those, the rest of the batch is "
+                "masked out. Raise max_sampling_rounds, or use easier/harder prompts if most groups are all right or "
+                "all wrong."
+            )
+        if len(batches) == 1 and selection.kept_groups == target_groups:
+            return output, verdicts  # the first round was all mixed: nothing to move
+
+        for batch in batches:
+            check_supported(batch)
+        pad_token_id = trainer._tokenizer.pad_token_id
+        merged = merge_rows(
+            [self._gather(batch, pad_token_id) for batch in batches], selection.rounds, selection.rows, pad_token_id
+        )
+        local = slice(process * local_rows, (process + 1) * local_rows)
+        merged = {key: value[local] for key, value in merged.items()}
+        keep = torch.tensor(selection.keep[local], device=accelerator.device)
+        merged["nft_valid"] = merged["nft_valid"] & keep
+        merged["completion_mask"] = merged["completion_mask"] * keep.unsqueeze(1).to(merged["completion_mask"].dtype)
+        merged = trim_padding(merged)
+        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = accelerator.gather(loss_mask.sum()).sum()
+        return merged, Verdicts.cat(rounds)
+
+    def _gather(self, batch: dict, pad_token_id: int) -> dict:
+        """Every process's rows of one round, in TRL's gathered order (sequence fields padded to a common width)."""
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes == 1:
+            return {key: value for key, value in batch.items() if key not in _BATCH_KEYS}
+        out = {}
+        for key, value in batch.items():  # same keys in the same order on every process
+            if key in _BATCH_KEYS:
+                continue
+            if key in _SEQUENCE_KEYS:
+                side, pad = padding_for(key, pad_token_id)
+                value = accelerator.pad_across_processes(value, dim=1, pad_index=pad, pad_first=side == "left")
+            is_bool = value.dtype == torch.bool
+            gathered = accelerator.gather(value.to(torch.uint8) if is_bool else value)
+            out[key] = gathered.bool() if is_bool else gathered
+        return out
+
+    def save(self, checkpoint_dir: str) -> None:
+        with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
+            json.dump(self.stream.state_dict(), f)
+
+    def load(self, checkpoint_dir: str) -> None:
+        path = os.path.join(checkpoint_dir, STATE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                self.stream.load_state_dict(json.load(f))
 
 
 class RefillStream:
@@ -86,13 +203,6 @@ class RefillStream:
             )
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._permutation(self.epoch)
-
-
-def mixed_groups(correct: torch.Tensor, valid: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """`(N / K,)` bool: groups with at least one right and one wrong scored answer."""
-    correct = (correct & valid).view(-1, num_generations)
-    wrong = (~correct & valid.view(-1, num_generations)).any(dim=1)
-    return correct.any(dim=1) & wrong
 
 
 @dataclass
@@ -151,14 +261,6 @@ def pad_sequence_key(tensor: torch.Tensor, key: str, width: int, pad_token_id: i
         return tensor
     fill = tensor.new_full((tensor.size(0), missing), value)
     return torch.cat([fill, tensor] if side == "left" else [tensor, fill], dim=1)
-
-
-def is_sequence_key(key: str) -> bool:
-    return key in _SEQUENCE_KEYS
-
-
-def is_batch_key(key: str) -> bool:
-    return key in _BATCH_KEYS
 
 
 def trim_padding(batch: dict) -> dict:
