@@ -63,8 +63,8 @@ from transformers.generation.utils import GenerationMixin  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_tokenizer  # noqa: E402
 from nft_trl.nft_loss import nft_per_token_loss  # noqa: E402
-from nft_trl.tiny import build_tiny_tokenizer  # noqa: E402
 
 
 # Qwen2.5-0.5B's architecture (its config.json), written out because nothing can be downloaded.

@@ -37,7 +37,7 @@ from transformers.generation.utils import GenerationMixin  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

@@ -15,7 +15,7 @@ or a recipe (`--config nft_trl/recipes/Qwen2.5-Math-7B/nft/config_paper.yaml`). 
 is the `nft_trl.scripts.train_nft` module's entry point, which `nft-trl train` launches too.
 """
 
-from nft_trl.scripts.train_nft import main, parse_args
+from nft_trl.cli.train import main, parse_args
 
 
 if __name__ == "__main__":

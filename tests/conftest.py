@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 import nft_trl
-from nft_trl.commands import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
+from nft_trl.cli.launch import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
+from nft_trl.cli.preflight import KNOWN_MODELS, RECIPES_DIR, arithmetic, launch_from, model_shape, shipped_recipes
 from nft_trl.nft_config import NFTConfig
-from nft_trl.preflight import KNOWN_MODELS, RECIPES_DIR, arithmetic, launch_from, model_shape, shipped_recipes
 
 
 PACKAGE_ROOT = Path(nft_trl.__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_baselines_differ_from_nft_only_in_the_method():
 def test_grpo_baseline_builds_a_grpo_config():
     from trl import GRPOConfig
 
-    from nft_trl.scripts.train_nft import grpo_config_from
+    from nft_trl.cli.train import grpo_config_from
 
     run = parse_run(["--config", "Qwen2.5-Math-7B/dapo/config_paper", "--num_processes", "1"], prog="test")
     config = grpo_config_from(run.training_args)
@@ -297,7 +297,7 @@ def test_train_end_to_end(tmp_path, tiny_model_path):
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])
     argv = ["--config", str(recipe), "--cpu", "--mixed_precision", "no", "--learning_rate", "1e-5"]
     result = subprocess.run(
-        [sys.executable, "-m", "nft_trl.commands", "train", *argv],
+        [sys.executable, "-m", "nft_trl.cli", "train", *argv],
         cwd=tmp_path,
         env=env,
         capture_output=True,

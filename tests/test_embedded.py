@@ -14,7 +14,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from nft_trl import embedded
 from nft_trl.embedded import (
     CACHE_ENV_VAR,
     MANIFEST_NAME,
@@ -26,6 +25,7 @@ from nft_trl.embedded import (
     make_dataset,
     make_problems,
 )
+from nft_trl.embedded import model as embedded
 
 
 # A build that takes a few seconds: tiny model, a handful of warm-up steps, one validation check.

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nft_trl.embedded.tokenizer import build_tiny_model, build_tiny_tokenizer, save_tiny_model
 from nft_trl.evaluation import (
     BenchmarkEvalCallback,
     SamplingSettings,
@@ -35,7 +36,6 @@ from nft_trl.evaluation import (
 )
 from nft_trl.evaluation.benchmarks import BOXED_INSTRUCTION, olympiad_gold
 from nft_trl.evaluation.generation import Sample
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_model
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

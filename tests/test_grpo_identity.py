@@ -8,7 +8,7 @@ from torch.testing import assert_close
 from trl import GRPOConfig, GRPOTrainer
 
 from nft_trl import NFTConfig, NFTTrainer
-from nft_trl.tiny import build_tiny_model
+from nft_trl.embedded.tokenizer import build_tiny_model
 
 
 NUM_GENERATIONS = 4

@@ -6,7 +6,7 @@ added (`add_special_tokens=False`); a raw prompt gets the tokenizer's usual ones
 Sampling uses only the settings given here (`top_k` off, no repetition penalty): a model's own
 `generation_config.json` defaults are deliberately ignored so that the two backends and the paper's setup agree.
 
->>> from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer
+>>> from nft_trl.embedded.tokenizer import build_tiny_model, build_tiny_tokenizer
 >>> tokenizer = build_tiny_tokenizer()
 >>> generator = TransformersGenerator(build_tiny_model(tokenizer), tokenizer)
 >>> prompt = build_prompt("What is 1 + 1?", tokenizer)

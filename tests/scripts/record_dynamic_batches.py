@@ -18,7 +18,7 @@ os.environ.setdefault("CI", "true")
 from datasets import Dataset  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
 GLOBAL_ROWS = 12

@@ -51,7 +51,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from nft_trl.tiny import IM_END, PAD, SPECIAL_TOKENS, qwen2_5_chat_template
+from nft_trl.embedded.tokenizer import IM_END, PAD, SPECIAL_TOKENS, qwen2_5_chat_template
 
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from .preflight import (
 )
 
 
-TRAIN_SCRIPT = Path(__file__).parent / "scripts" / "train_nft.py"
+TRAIN_SCRIPT = Path(__file__).with_name("train.py")
 
 # Options of the launcher itself: (flag, type, help). They are registered on the script's parser so that `--help`
 # lists them with the fields, and they are removed from the arguments that reach the training script.
@@ -83,7 +83,7 @@ class ParsedRun:
 
 def parse_run(argv: list[str], prog: str) -> ParsedRun:
     """Parse `argv` (recipe + flags) with TRL's `TrlParser` for the launch's real number of processes."""
-    from .scripts.train_nft import make_parser
+    from .train import make_parser
 
     argv = list(argv)
     # GRPOConfig's own default sets the alias transformers 5 deprecates; the launcher's output should show the recipe.

@@ -153,7 +153,7 @@ def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: 
     demo = None
     if model_args.model_name_or_path is None:
         # The embedded offline demo: the built-in model and task (nft_trl.demo, nft_trl.embedded).
-        from nft_trl import demo as demo_module
+        from nft_trl.embedded import demo as demo_module
 
         model, tokenizer, train_dataset, held_out = demo_module.load_demo(training_args)
         eval_dataset = None
@@ -222,7 +222,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[NFTScriptArguments, NFTCo
         :3
     ]
     if model_args.model_name_or_path is None:
-        from nft_trl.demo import demo_defaults
+        from nft_trl.embedded.demo import demo_defaults
 
         parser = make_parser()
         parser.set_defaults(**demo_defaults())  # below the recipe's values and the flags, above the dataclasses'

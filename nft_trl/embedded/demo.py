@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .embedded import embedded_path, evaluate_accuracy, make_dataset
+from .model import embedded_path, evaluate_accuracy, make_dataset
 
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .nft_config import NFTConfig
+from nft_trl.nft_config import NFTConfig
 
 
 GB = 1e9  # memory is reported in GB (10^9 bytes), as GPU vendors state it (an H100 has 80 GB)
@@ -32,8 +32,8 @@ LOGITS_BYTES_PER_ELEMENT = 6
 #: CUDA context, NCCL buffers and allocator fragmentation: a flat allowance.
 FRAMEWORK_OVERHEAD_GB = 3.0
 
-ACCELERATE_CONFIGS_DIR = Path(__file__).parent / "accelerate_configs"
-RECIPES_DIR = Path(__file__).parent / "recipes"
+ACCELERATE_CONFIGS_DIR = Path(__file__).parents[1] / "accelerate_configs"
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 
 
 class PreflightError(ValueError):

@@ -106,7 +106,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nft_trl.commands import COMMANDS
+    from nft_trl.cli.launch import COMMANDS
 
     parser = argparse.ArgumentParser(prog="nft-trl", description="Negative-aware Fine-Tuning (NFT) for TRL.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from nft_trl.commands import COMMANDS
+    from nft_trl.cli.launch import COMMANDS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # train, check and vllm-serve take recipe fields and accelerate flags that argparse must not see.

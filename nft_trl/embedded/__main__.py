@@ -1,0 +1,4 @@
+from .model import main
+
+
+main()
