@@ -17,7 +17,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .model import embedded_path, evaluate_accuracy, make_dataset
+from nft_trl.evaluation.accuracy import evaluate_accuracy
+
+from .model import embedded_path
+from .task import make_dataset
 
 
 logger = logging.getLogger(__name__)

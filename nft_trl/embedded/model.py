@@ -1,75 +1,59 @@
-"""The embedded default: an offline math task and a small model that is mediocre at it, built once and cached.
+"""The embedded model: a small Qwen2 warmed up on the embedded task until about half of its answers are right.
 
-The demo (`accelerate launch examples/train_nft.py`), the notebooks and the algorithm benchmark need a model and a
-task that run on a laptop CPU, download nothing, and leave room for reinforcement learning to show an improvement.
-This module provides both:
+The demo (`accelerate launch examples/train_nft.py`), the notebooks and the algorithm benchmark need a model that runs
+on a laptop CPU, downloads nothing, and leaves room for reinforcement learning to show an improvement. It is a
+byte-level BPE tokenizer trained on the task's chat-formatted corpus (`nft_trl.embedded.tokenizer`) and a two-layer
+Qwen2 causal LM of about 3.3M parameters, warmed up with supervised steps until its accuracy with sampling at
+temperature 1.0 on validation prompts (from the train split) reaches about 45%: good enough that groups of sampled
+answers mix right and wrong ones (the signal GRPO and NFT learn from), bad enough to leave room to learn.
 
-* **Task**: two-digit addition, `Compute a + b. Put the final answer in \\boxed{}.` (operands 10..99), answered
-  with the bare box, e.g. `\\boxed{57}`. `EmbeddedConfig(num_operands=3)` gives the harder `a + b - c` (with
-  `c <= a + b`) and `worked_answer=True` a worked line before the box; the default is the one that reaches the
-  accuracy band in minutes on two CPU cores. Prompts are TRL conversational prompts (`[{"role": "user", ...}]`) and
-  the gold answer is in the `solution` column, as TRL's accuracy rewards expect. Every problem belongs to exactly one
-  split (decided by a hash of the problem), so train and held-out sets are disjoint for any seed.
-* **Model**: a byte-level BPE tokenizer trained on the task's chat-formatted corpus with Qwen2's pre-tokenizer
-  (digits are single tokens), TRL's Qwen2.5 chat template, and a two-layer Qwen2 causal LM of about 3M parameters,
-  warmed up with supervised steps until its accuracy with sampling at temperature 1.0 on validation prompts (from
-  the train split) reaches about 45%: good enough that groups of sampled answers mix right and wrong ones (the signal
-  GRPO and NFT learn from), bad enough to leave room to learn.
+The default build ships with the package (`nft_trl/embedded/pretrained/`, weights stored in float16, loaded in
+float32), so the demo starts at once. `python -m nft_trl.embedded build` runs the deterministic build again (a few
+minutes on two CPU cores); any other `EmbeddedConfig` is built on first use and cached under
+`~/.cache/nft_trl/embedded/<settings-hash>/` (root overridable with the `NFT_TRL_CACHE` environment variable or the
+`cache_dir` argument), written to a temporary directory and renamed into place, so an interrupted build never leaves
+a broken cache.
 
-The build takes a few minutes on two CPU cores and is cached under `~/.cache/nft_trl/embedded/<settings-hash>/`
-(root overridable with the `NFT_TRL_CACHE` environment variable or the `cache_dir` argument). It is written to a
-temporary directory and renamed into place, so an interrupted build never leaves a broken cache.
+This module also holds the one builder of random Qwen2 models (`random_qwen2`), which the tests' and benchmarks' tiny
+models (`build_tiny_model`) and `benchmarks/gpu_check.py`'s Qwen2.5-0.5B-sized model use too.
 
->>> from nft_trl.embedded import embedded_path, evaluate_accuracy, load_embedded_model, make_dataset
->>> model, tokenizer = load_embedded_model()  # builds on first use, then loads in about a second
->>> result = evaluate_accuracy(model, tokenizer, make_dataset("test", 200), num_samples=8)
->>> result.accuracy, result.mixed_fraction
+>>> from nft_trl.embedded import embedded_path, load_embedded_model
+>>> model, tokenizer = load_embedded_model()  # the shipped model, in about a second
 >>> path = embedded_path()  # a local directory for `model_name_or_path`
-
-From the shell, `python -m nft_trl.embedded` builds the model (if needed) and prints its directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
-import math
 import os
-import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from nft_trl.embedded.tokenizer import IM_END, PAD, SPECIAL_TOKENS, qwen2_5_chat_template
+from nft_trl.evaluation.accuracy import evaluate_accuracy
+
+from .config import BUILD_FORMAT_VERSION, DEFAULT_CONFIG, EmbeddedConfig
+from .task import Problem, iter_problems, make_dataset
+from .tokenizer import chat_renderer, train_bpe_tokenizer
 
 
 logger = logging.getLogger(__name__)
 
-# Bump when the task, the build recipe or the saved layout changes in a way the settings hash does not capture.
-BUILD_FORMAT_VERSION = 3
 CACHE_ENV_VAR = "NFT_TRL_CACHE"
 DEFAULT_CACHE_ROOT = Path("~/.cache/nft_trl")
 MANIFEST_NAME = "embedded.json"
-
-SPLITS = ("train", "test")
-# Every problem is assigned to one split by a hash of its operands: this many percent go to "test".
-HELD_OUT_PERCENT = 10
-PERCENT = 100
-# `make_dataset` gives up after this many draws per requested row (the problem space has ~600k problems).
-MAX_DRAWS_PER_ROW = 50
-
-INSTRUCTION = "Put the final answer in \\boxed{}."
+#: The default build, shipped as package data (float16 weights; the config says float32, the dtype it runs in).
+SHIPPED_DIR = Path(__file__).with_name("pretrained")
+SHIPPED_DTYPE = torch.float16
 
 # Seeds of the internal streams, offset from the build seed so they never coincide with a user's `make_dataset` seed.
 TOKENIZER_CORPUS_SEED_OFFSET = 1_000
@@ -79,168 +63,60 @@ VALIDATION_SEED_OFFSET = 3_000
 LOSS_LOG_EVERY = 10  # warm-up steps between debug log lines
 IGNORE_INDEX = -100  # label value that `transformers` causal-LM losses skip
 
+#: The tests' and benchmarks' tiny Qwen2 (with `build_tiny_tokenizer`'s 512 tokens: about 33k parameters).
+TINY_ARCHITECTURE = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=512,
+)
 
-@dataclass(frozen=True)
-class EmbeddedConfig:
-    """Every setting that determines the embedded model; their hash names the cache directory.
 
-    Args:
-        num_operands: 2 for `a + b`, 3 for `a + b - c` (with `c <= a + b`).
-        worked_answer: warm up on a worked line before the box (`a + b = s, s - c = r. \\boxed{r}`) instead of the
-            bare `\\boxed{r}`.
-        min_operand, max_operand: range of the operands (inclusive).
-        vocab_size: size of the byte-level BPE vocabulary (256 bytes + 3 special tokens + merges).
-        tokenizer_corpus_size: number of chat-formatted training examples the tokenizer is trained on.
-        hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
-        max_position_embeddings: the Qwen2 architecture.
-        seed: seeds the weights, the supervised data stream and the validation prompts.
-        batch_size, learning_rate, warmup_steps, weight_decay, max_grad_norm: supervised warm-up (AdamW, linear
-            warm-up then constant learning rate).
-        max_steps: hard cap on supervised steps.
-        eval_every: evaluate the validation accuracy every this many steps (and stop once it reaches the target).
-        num_validation_prompts, num_validation_samples: the validation set (drawn from the train split, never from
-            the held-out split) and the samples per prompt at temperature 1.0.
-        target_accuracy: stop the warm-up once the sampled validation accuracy reaches this value.
-        max_new_tokens: generation budget during validation.
+# --------------------------------------------------------------------------------------------------------------------
+# Random Qwen2 models
+
+
+def random_qwen2(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, **architecture: Any) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 causal LM (fp32) for `tokenizer`, seeded by `seed`.
+
+    `architecture` holds `Qwen2Config` fields (`hidden_size`, `num_hidden_layers`, ...). The vocabulary is the
+    tokenizer's and the embeddings are tied unless `architecture` says otherwise (`vocab_size` may be larger than the
+    tokenizer, e.g. to give the LM head a real model's cost).
     """
-
-    num_operands: int = 2
-    worked_answer: bool = False
-    min_operand: int = 10
-    max_operand: int = 99
-    vocab_size: int = 384
-    tokenizer_corpus_size: int = 2_000
-    hidden_size: int = 384
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 6
-    num_key_value_heads: int = 2
-    intermediate_size: int = 1024
-    max_position_embeddings: int = 128
-    seed: int = 1
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_steps: int = 2_500
-    eval_every: int = 50
-    num_validation_prompts: int = 128
-    num_validation_samples: int = 2
-    target_accuracy: float = 0.45
-    max_new_tokens: int = 40
-
-    def version_hash(self) -> str:
-        """Short hash of the settings and `BUILD_FORMAT_VERSION`: the cache directory name."""
-        payload = json.dumps({"format": BUILD_FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    config = Qwen2Config(
+        **{"vocab_size": len(tokenizer), "tie_word_embeddings": True, **architecture},
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
 
 
-DEFAULT_CONFIG = EmbeddedConfig()
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, **architecture: Any) -> Qwen2ForCausalLM:
+    """The tests' tiny random Qwen2: `TINY_ARCHITECTURE`, overridden by `architecture`."""
+    return random_qwen2(tokenizer, seed=seed, **{**TINY_ARCHITECTURE, **architecture})
+
+
+def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
+    """Build the tiny tokenizer and model and save both to `path` (a local directory usable as `model_name_or_path`)."""
+    from .tokenizer import build_tiny_tokenizer
+
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(tokenizer, seed=seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Task
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One `a + b` problem, or `a + b - c` when `c` is given."""
-
-    a: int
-    b: int
-    c: int | None = None
-
-    @property
-    def answer(self) -> int:
-        return self.a + self.b - (self.c or 0)
-
-    @property
-    def expression(self) -> str:
-        return f"{self.a} + {self.b}" if self.c is None else f"{self.a} + {self.b} - {self.c}"
-
-    @property
-    def split(self) -> str:
-        """The split this problem belongs to, fixed by a hash of its operands (independent of any seed)."""
-        digest = hashlib.sha256(self.expression.encode()).digest()
-        return "test" if int.from_bytes(digest[:4], "big") % PERCENT < HELD_OUT_PERCENT else "train"
-
-    def prompt(self) -> list[dict[str, str]]:
-        return [{"role": "user", "content": f"Compute {self.expression}. {INSTRUCTION}"}]
-
-    def completion(self, worked: bool = False) -> str:
-        """The reference answer of the warm-up: the boxed result, after one worked line if `worked`."""
-        boxed = f"\\boxed{{{self.answer}}}"
-        if not worked:
-            return boxed
-        if self.c is None:
-            return f"{self.expression} = {self.answer}. {boxed}"
-        total = self.a + self.b
-        return f"{self.a} + {self.b} = {total}, {total} - {self.c} = {self.answer}. {boxed}"
-
-
-def _random_problem(rng: random.Random, config: EmbeddedConfig) -> Problem:
-    while True:
-        a, b = rng.randint(config.min_operand, config.max_operand), rng.randint(config.min_operand, config.max_operand)
-        if config.num_operands == 2:
-            return Problem(a, b)
-        c = rng.randint(config.min_operand, config.max_operand)
-        if c <= a + b:  # keep answers non-negative
-            return Problem(a, b, c)
-
-
-def _split_rng(split: str, seed: int) -> random.Random:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    # A string seed is hashed deterministically by `random.Random` (unlike `hash()`, it is not salted per process).
-    return random.Random(f"{split}-{seed}")
-
-
-def _iter_problems(split: str, seed: int, config: EmbeddedConfig) -> Iterator[Problem]:
-    """Endless deterministic stream of problems of `split` (with repeats): the supervised warm-up data."""
-    rng = _split_rng(split, seed)
-    while True:
-        problem = _random_problem(rng, config)
-        if problem.split == split:
-            yield problem
-
-
-def make_problems(
-    split: str = "train", n: int = 1_000, seed: int = 0, config: EmbeddedConfig | None = None
-) -> list[Problem]:
-    """`n` distinct problems of `split` ("train" or "test"), deterministic in `seed`."""
-    config = config or DEFAULT_CONFIG
-    rng = _split_rng(split, seed)
-    problems: list[Problem] = []
-    seen: set[Problem] = set()
-    for _ in range(n * MAX_DRAWS_PER_ROW):
-        if len(problems) == n:
-            break
-        problem = _random_problem(rng, config)
-        if problem.split == split and problem not in seen:
-            seen.add(problem)
-            problems.append(problem)
-    if len(problems) < n:
-        raise ValueError(f"Could not draw {n} distinct {split!r} problems from the operand range; ask for fewer.")
-    return problems
-
-
-def make_dataset(split: str = "train", n: int = 1_000, seed: int = 0, config: EmbeddedConfig | None = None) -> Dataset:
-    """The task as a `datasets.Dataset` with TRL's columns: `prompt` (conversational) and `solution` (gold answer).
-
-    Args:
-        split: "train" or "test". The two are disjoint whatever the seeds.
-        n: number of rows (distinct problems).
-        seed: selects which problems are drawn; the same `(split, n, seed)` always gives the same rows.
-        config: operand range; defaults to the embedded default.
-    """
-    problems = make_problems(split, n, seed, config)
-    return Dataset.from_dict({"prompt": [p.prompt() for p in problems], "solution": [str(p.answer) for p in problems]})
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Tokenizer and model
-# --------------------------------------------------------------------------------------------------------------------
+# The embedded build: tokenizer, warm-up, cache
 
 
 def _chat_text(tokenizer: PreTrainedTokenizerFast, problem: Problem, config: EmbeddedConfig) -> str:
@@ -249,66 +125,18 @@ def _chat_text(tokenizer: PreTrainedTokenizerFast, problem: Problem, config: Emb
 
 
 def build_tokenizer(config: EmbeddedConfig | None = None) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on chat-formatted task examples; digits stay single tokens (as in Qwen2).
-
-    It is trained with the normalizer and pre-tokenizer of `transformers`' `Qwen2Tokenizer`, because
-    `AutoTokenizer.from_pretrained` rebuilds a saved Qwen2 model's tokenizer with those: a tokenizer trained with
-    anything else would tokenize differently once saved and reloaded (as TRL does from `model_name_or_path`).
-
-    Deterministic for a given config; takes about a second.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-
+    """The task's tokenizer: a byte-level BPE trained on chat-formatted task examples (digits are single tokens)."""
     config = config or DEFAULT_CONFIG
-    # A throw-away tokenizer renders the chat template so the corpus has exactly the text the model will see.
-    renderer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=IM_END, pad_token=PAD)
-    renderer.chat_template = qwen2_5_chat_template()
-    stream = _iter_problems("train", config.seed + TOKENIZER_CORPUS_SEED_OFFSET, config)
+    renderer = chat_renderer()  # the corpus has exactly the text the model will see
+    stream = iter_problems("train", config.seed + TOKENIZER_CORPUS_SEED_OFFSET, config)
     corpus = [_chat_text(renderer, next(stream), config) for _ in range(config.tokenizer_corpus_size)]
-
-    # Borrow Qwen2's normalizer and pre-tokenizer (digits split one by one) from a throw-away instance.
-    qwen2 = Qwen2Tokenizer(vocab={"a": 0}, merges=[]).backend_tokenizer
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = qwen2.normalizer
-    tok.pre_tokenizer = qwen2.pre_tokenizer
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=config.vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, bos_token=None, unk_token=None
-    )
-    tokenizer.chat_template = qwen2_5_chat_template()
-    return tokenizer
+    return train_bpe_tokenizer(corpus, config.vocab_size)
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, config: EmbeddedConfig | None = None) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2 causal LM (fp32) sized by `config`, seeded by `config.seed`."""
+    """The embedded model before its warm-up: `random_qwen2` with `config`'s architecture and seed."""
     config = config or DEFAULT_CONFIG
-    model_config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(config.seed)
-    model = Qwen2ForCausalLM(model_config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
-    return model
+    return random_qwen2(tokenizer, seed=config.seed, **config.architecture())
 
 
 def _sft_batch(tokenizer: PreTrainedTokenizerFast, problems: list[Problem], worked: bool) -> dict[str, torch.Tensor]:
@@ -343,7 +171,7 @@ def warm_up(
 
     config = config or DEFAULT_CONFIG
     validation = make_dataset("train", config.num_validation_prompts, config.seed + VALIDATION_SEED_OFFSET, config)
-    stream = _iter_problems("train", config.seed + SFT_DATA_SEED_OFFSET, config)
+    stream = iter_problems("train", config.seed + SFT_DATA_SEED_OFFSET, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps))
     history: list[dict[str, float]] = []
@@ -424,14 +252,14 @@ def _build_lock(lock_path: Path) -> Iterator[None]:
 def _check_reloaded_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike, config: EmbeddedConfig):
     """Fail the build if `AutoTokenizer` reloads the saved tokenizer with a different tokenization."""
     reloaded = AutoTokenizer.from_pretrained(path)
-    problem = next(_iter_problems("train", config.seed, config))
+    problem = next(iter_problems("train", config.seed, config))
     text = _chat_text(tokenizer, problem, config)
     if reloaded(text, add_special_tokens=False)["input_ids"] != tokenizer(text, add_special_tokens=False)["input_ids"]:
         raise RuntimeError(f"The tokenizer saved in {path} tokenizes differently once reloaded with AutoTokenizer.")
 
 
 def build_embedded(path: str | os.PathLike, config: EmbeddedConfig | None = None) -> dict[str, Any]:
-    """Build the tokenizer and warmed-up model and save them to `path` (which must not exist yet).
+    """Build the tokenizer and warmed-up model and save them to `path` (which must not exist yet), in float32.
 
     Returns the manifest (settings, parameter count, build time, warm-up log), also saved as `embedded.json`.
     """
@@ -459,20 +287,51 @@ def build_embedded(path: str | os.PathLike, config: EmbeddedConfig | None = None
     return manifest
 
 
+def ship(source: str | os.PathLike, destination: str | os.PathLike = SHIPPED_DIR) -> Path:
+    """Copy a build to `destination` (by default the package's `pretrained/`) with its weights in `SHIPPED_DTYPE`.
+
+    `config.json` keeps float32, so `from_pretrained` (TRL's too) loads the model in the dtype it trains in.
+    """
+    source, destination = Path(source), Path(destination)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    if destination.exists():
+        shutil.rmtree(destination)
+    model.to(SHIPPED_DTYPE).save_pretrained(destination)
+    config_file = destination / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "dtype": "float32"}, indent=2) + "\n")
+    AutoTokenizer.from_pretrained(source).save_pretrained(destination)
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    manifest["stored_dtype"] = str(SHIPPED_DTYPE).removeprefix("torch.")
+    (destination / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return destination
+
+
+def shipped_version() -> str | None:
+    """The settings hash of the shipped build (`None` when the package ships none)."""
+    manifest = SHIPPED_DIR / MANIFEST_NAME
+    return json.loads(manifest.read_text())["version"] if manifest.is_file() else None
+
+
 def embedded_path(
-    cache_dir: str | os.PathLike | None = None, rebuild: bool = False, config: EmbeddedConfig | None = None
+    cache_dir: str | os.PathLike | None = None,
+    rebuild: bool = False,
+    config: EmbeddedConfig | None = None,
+    shipped: bool = True,
 ) -> Path:
-    """Local directory holding the embedded model and tokenizer, built on first use.
+    """Local directory holding the embedded model and tokenizer: the shipped build, else a cached one built on first use.
 
     Usable as `model_name_or_path` / `AutoModelForCausalLM.from_pretrained(...)`.
 
     Args:
-        cache_dir: cache root; the model lives in `<cache_dir>/embedded/<settings-hash>/`. Defaults to the
+        cache_dir: cache root; a built model lives in `<cache_dir>/embedded/<settings-hash>/`. Defaults to the
             `NFT_TRL_CACHE` environment variable, else `~/.cache/nft_trl`.
         rebuild: build again even if a cached copy exists (the new build replaces it atomically).
         config: settings of the build; defaults to the embedded default.
+        shipped: return the package's shipped build when it has `config`'s settings (and `rebuild` is off).
     """
     config = config or DEFAULT_CONFIG
+    if shipped and not rebuild and shipped_version() == config.version_hash():
+        return SHIPPED_DIR
     parent = _cache_root(cache_dir) / "embedded"
     final = parent / config.version_hash()
     if _is_complete(final) and not rebuild:
@@ -493,174 +352,22 @@ def embedded_path(
 
 
 def load_embedded_model(
-    cache_dir: str | os.PathLike | None = None, rebuild: bool = False, config: EmbeddedConfig | None = None
+    cache_dir: str | os.PathLike | None = None,
+    rebuild: bool = False,
+    config: EmbeddedConfig | None = None,
+    shipped: bool = True,
 ) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
-    """The embedded `(model, tokenizer)`, built and cached on first use (a few minutes), then loaded in seconds.
+    """The embedded `(model, tokenizer)`: the shipped build, or a cached one (built on first use, a few minutes).
 
     Arguments as in `embedded_path`. The model is returned in eval mode, fp32, on CPU.
     """
-    path = embedded_path(cache_dir=cache_dir, rebuild=rebuild, config=config)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    path = embedded_path(cache_dir=cache_dir, rebuild=rebuild, config=config, shipped=shipped)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model, tokenizer
 
 
 def load_manifest(cache_dir: str | os.PathLike | None = None, config: EmbeddedConfig | None = None) -> dict[str, Any]:
-    """The build manifest (`embedded.json`) of the cached model, building it first if needed."""
+    """The build manifest (`embedded.json`) of the embedded model, building it first if needed."""
     return json.loads((embedded_path(cache_dir=cache_dir, config=config) / MANIFEST_NAME).read_text())
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalResult:
-    """Outcome of `evaluate_accuracy`.
-
-    Attributes:
-        accuracy: mean reward over all graded completions (rewards of `None` are left out).
-        per_prompt_accuracy: mean reward per prompt, `(num_prompts,)`; NaN where no completion could be graded.
-        mixed_fraction: fraction of prompts whose samples are neither all right nor all wrong (the groups that give
-            GRPO/NFT a learning signal); 0.0 with one sample per prompt.
-        num_prompts, num_samples: prompts evaluated and completions per prompt.
-        num_ungraded: completions for which the reward function returned `None`.
-        examples: a few `{"prompt", "completion", "solution", "reward"}` dicts for display.
-    """
-
-    accuracy: float
-    per_prompt_accuracy: list[float]
-    mixed_fraction: float
-    num_prompts: int
-    num_samples: int
-    num_ungraded: int = 0
-    examples: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _prompt_text(tokenizer: PreTrainedTokenizerFast, prompt: Any) -> str:
-    if isinstance(prompt, str):  # standard (non-conversational) prompt
-        return prompt
-    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-
-
-@torch.inference_mode()
-def evaluate_accuracy(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerFast,
-    dataset: Dataset,
-    *,
-    num_samples: int = 1,
-    temperature: float = 1.0,
-    max_new_tokens: int = 40,
-    batch_size: int = 64,
-    reward_fn: Callable[..., list[float | None]] | None = None,
-    seed: int | None = 0,
-    num_examples: int = 4,
-) -> EvalResult:
-    """Sample `num_samples` completions per prompt and grade them with `reward_fn`.
-
-    Prompts are rendered with the tokenizer's chat template and left-padded, as TRL does. The reward function is
-    called like a TRL reward: `reward_fn(prompts=..., completions=..., **other_columns)`, with conversational
-    completions when the prompts are conversational; it returns 1.0 (right), 0.0 (wrong) or `None` (ungradable).
-
-    Args:
-        model, tokenizer: the policy to evaluate (left in the training mode it came in).
-        dataset: rows with a `prompt` column and the columns `reward_fn` needs (e.g. `solution`).
-        num_samples: completions per prompt. Must be 1 with greedy decoding.
-        temperature: sampling temperature, with top-k and top-p disabled; 0.0 means greedy decoding.
-        max_new_tokens: generation budget; answers cut off before their box count as wrong.
-        batch_size: prompts per `generate` call.
-        reward_fn: defaults to `nft_trl.math_verifier.math_verifier`.
-        seed: seeds sampling (the global RNG state is restored afterwards); `None` keeps the current RNG.
-        num_examples: how many completions to return in `examples`.
-    """
-    if reward_fn is None:
-        from nft_trl.math_verifier import math_verifier as reward_fn
-    greedy = temperature == 0.0
-    if greedy and num_samples != 1:
-        raise ValueError("Greedy decoding (temperature=0.0) gives identical samples: use num_samples=1.")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    extra_columns = [name for name in dataset.column_names if name != "prompt"]
-    rewards: list[float | None] = []
-    examples: list[dict[str, Any]] = []
-    rng_context = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng_context:
-        if seed is not None:
-            torch.manual_seed(seed)
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start : start + batch_size]
-            texts = [_prompt_text(tokenizer, prompt) for prompt in rows["prompt"]]
-            inputs = tokenizer(
-                texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-            ).to(device)
-            sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
-            output = model.generate(
-                **inputs,
-                do_sample=not greedy,
-                num_return_sequences=num_samples,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **sampling,
-            )
-            completions = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            # `generate` returns the samples of each prompt next to each other: repeat each row `num_samples` times.
-            repeat = [i for i in range(len(texts)) for _ in range(num_samples)]
-            prompts = [rows["prompt"][i] for i in repeat]
-            conversational = not isinstance(prompts[0], str)
-            graded = [[{"role": "assistant", "content": c}] for c in completions] if conversational else completions
-            kwargs = {name: [rows[name][i] for i in repeat] for name in extra_columns}
-            batch_rewards = reward_fn(prompts=prompts, completions=graded, **kwargs)
-            rewards.extend(batch_rewards)
-            for i in range(min(num_examples - len(examples), len(completions))):
-                example = {"prompt": texts[repeat[i]], "completion": completions[i], "reward": batch_rewards[i]}
-                examples.append(example | {name: kwargs[name][i] for name in extra_columns})
-    if was_training:
-        model.train()
-
-    per_prompt: list[float] = []
-    mixed = 0
-    for i in range(len(dataset)):
-        graded_rewards = [r for r in rewards[i * num_samples : (i + 1) * num_samples] if r is not None]
-        per_prompt.append(sum(graded_rewards) / len(graded_rewards) if graded_rewards else math.nan)
-        mixed += len(set(graded_rewards)) > 1
-    graded_all = [r for r in rewards if r is not None]
-    return EvalResult(
-        accuracy=sum(graded_all) / len(graded_all) if graded_all else math.nan,
-        per_prompt_accuracy=per_prompt,
-        mixed_fraction=mixed / len(dataset) if len(dataset) else 0.0,
-        num_prompts=len(dataset),
-        num_samples=num_samples,
-        num_ungraded=len(rewards) - len(graded_all),
-        examples=examples,
-    )
-
-
-def main() -> None:
-    """`python -m nft_trl.embedded [--rebuild]`: build (or find) the embedded model and print its directory."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument(
-        "--cache_dir", default=None, help=f"cache root (default: ${CACHE_ENV_VAR} or ~/.cache/nft_trl)"
-    )
-    parser.add_argument("--rebuild", action="store_true", help="build again even if a cached copy exists")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    path = embedded_path(cache_dir=args.cache_dir, rebuild=args.rebuild)
-    manifest = json.loads((path / MANIFEST_NAME).read_text())
-    logger.info(
-        "%.2fM parameters, %d warm-up steps, built in %.0f s",
-        manifest["num_parameters"] / 1e6,
-        manifest["steps"],
-        manifest["build_seconds"],
-    )
-    print(path)
-
-
-if __name__ == "__main__":
-    main()

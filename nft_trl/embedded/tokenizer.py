@@ -1,11 +1,11 @@
-"""Tiny, fully local models and tokenizers: no Hub, no download.
+"""Local byte-level BPE tokenizers in the Qwen2.5 style: no Hub, no download.
 
-Used by the test suite and the offline demos. A byte-level BPE tokenizer is trained with the `tokenizers` library on a
-small corpus, given TRL's shipped Qwen2.5 chat template, and paired with a randomly initialised Qwen2 model.
+One builder, `train_bpe_tokenizer`, makes every tokenizer of the package: the embedded task's (trained on the task's
+chat-formatted examples, see `nft_trl.embedded.model`) and the tiny one of the tests and benchmarks
+(`build_tiny_tokenizer`, trained on `default_corpus()`). Each gets TRL's shipped Qwen2.5 chat template.
 
->>> from nft_trl.tiny import build_tiny_tokenizer, build_tiny_model
+>>> from nft_trl.embedded.tokenizer import build_tiny_tokenizer
 >>> tokenizer = build_tiny_tokenizer()
->>> model = build_tiny_model(tokenizer, seed=0)
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast
 
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+#: Ids 0, 1 and 2 of every tokenizer built here, in this order; the first regular token has id 3.
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
+TINY_VOCAB_SIZE = 512
 
 
 def qwen2_5_chat_template() -> str:
@@ -67,15 +68,21 @@ def default_corpus(num_lines: int = 400, seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on `corpus` (default: `default_corpus()`) and wrap it as a Qwen2.5-style tokenizer.
+def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of `vocab_size` tokens trained on `corpus`, wrapped as a Qwen2.5-style tokenizer.
 
-    Deterministic for a given corpus. Takes well under a second.
+    It is trained with the normalizer and pre-tokenizer of `transformers`' `Qwen2Tokenizer` (digits split one by one),
+    because `AutoTokenizer.from_pretrained` rebuilds a saved Qwen2 model's tokenizer with those: a tokenizer trained
+    with anything else would tokenize differently once saved and reloaded (as TRL does from `model_name_or_path`).
+    Deterministic for a given corpus; takes about a second.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
 
+    qwen2 = Qwen2Tokenizer(vocab={"a": 0}, merges=[]).backend_tokenizer  # a throw-away instance, for its parts
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = qwen2.normalizer
+    tok.pre_tokenizer = qwen2.pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -83,7 +90,7 @@ def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(corpus) if corpus is not None else default_corpus(), trainer=trainer)
+    tok.train_from_iterator(list(corpus), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, bos_token=None, unk_token=None
     )
@@ -91,43 +98,15 @@ def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 
     return tokenizer
 
 
-def build_tiny_model(
-    tokenizer: PreTrainedTokenizerFast,
-    *,
-    hidden_size: int = 32,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    intermediate_size: int = 64,
-    max_position_embeddings: int = 512,
-    seed: int = 0,
-) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2 causal LM sized for `tokenizer` (fp32, eval-free, CPU)."""
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
+def chat_renderer() -> PreTrainedTokenizerFast:
+    """A tokenizer with no vocabulary that only renders the chat template (to build a corpus before training)."""
+    from tokenizers import Tokenizer, models
+
+    renderer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=IM_END, pad_token=PAD)
+    renderer.chat_template = qwen2_5_chat_template()
+    return renderer
 
 
-def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
-    """Build a tiny tokenizer and model and save both to `path` (a local directory usable as `model_name_or_path`)."""
-    path = Path(path)
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, seed=seed)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """The tests' and benchmarks' tokenizer: `train_bpe_tokenizer` on `default_corpus()`."""
+    return train_bpe_tokenizer(default_corpus(), vocab_size)
