@@ -263,7 +263,7 @@ def test_scripted_answers_give_exact_metrics(toy_benchmark, tiny_tokenizer, tmp_
 
 
 def test_cli_help_and_flags(capsys):
-    from nft_trl.cli import build_parser
+    from nft_trl.cli.main import build_eval_parser
 
     with pytest.raises(SystemExit) as exit_info:
         build_eval_parser().parse_args(["--help"])

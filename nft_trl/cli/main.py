@@ -1,29 +1,39 @@
-"""The `nft-trl` command line. Each subcommand is one `add_<name>_parser` function plus one `run_<name>` function.
+"""The `nft-trl` command: one dispatcher (`main`) for its four sub-commands.
 
+    nft-trl train --config Qwen2.5-Math-7B/nft/config_paper [--any_field value ...] [--any accelerate flag ...]
+    nft-trl check --config Qwen2.5-Math-7B/nft/config_paper [--num_processes N] [--gpu_memory_gb 80]
     nft-trl eval --model PATH --benchmarks aime24,aime25,amc23,math500,minerva,olympiadbench --preset paper
-    python -m nft_trl.cli eval --model PATH --benchmarks aime24 --n 4 --max_tokens 512 --limit 5
+    nft-trl vllm-serve --model Qwen/Qwen2.5-Math-7B [--tensor_parallel_size 1] ...
 
-Console script (pyproject): `nft-trl = "nft_trl.cli:main"`.
+`train`, `check` and `vllm-serve` live in `nft_trl.cli.launch`; `eval` is below. `python -m nft_trl.cli ...` is the
+same without the console script (pyproject: `nft-trl = "nft_trl.cli:main"`). Each command takes the arguments after
+its name and returns an exit code; bad input ends with a message that names the fix, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
-def add_eval_parser(subparsers) -> None:
+def build_eval_parser() -> argparse.ArgumentParser:
     from nft_trl.evaluation import PAPER_BENCHMARKS, PRESETS
 
-    p = subparsers.add_parser(
-        "eval",
-        help="Evaluate a checkpoint on math benchmarks (avg@k, pass@k, maj@k with 95%% bootstrap intervals).",
-        description="Evaluate a checkpoint the paper's way. Explicit sampling flags override the preset. Rerunning "
-        "with the same --output_dir resumes: finished problems are read back, not regenerated.",
+    p = argparse.ArgumentParser(
+        prog="nft-trl eval",
+        description="Evaluate a checkpoint the paper's way (avg@k, pass@k, maj@k with 95%% bootstrap intervals). "
+        "Explicit sampling flags override the preset. Rerunning with the same --output_dir resumes: finished "
+        "problems are read back, not regenerated.",
     )
-    p.add_argument("--model", required=True, help="Local checkpoint folder or Hub id.")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="Local checkpoint folder or Hub id (owner/name). A value that starts with '.', '/' or '~', or has more "
+        "than one '/', is a folder and must exist.",
+    )
     p.add_argument(
         "--benchmarks",
         default=",".join(PAPER_BENCHMARKS),
@@ -67,12 +77,24 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument(
         "--bootstrap_resamples", type=int, default=1000, help="Bootstrap replicates (default: %(default)s)."
     )
-    p.set_defaults(func=run_eval)
+    return p
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def eval_main(argv: list[str]) -> int:
+    """`nft-trl eval`: evaluate a checkpoint on math benchmarks."""
     from pathlib import Path
 
+    from .preflight import missing_model_folder
+
+    try:
+        args = build_eval_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return exit_code(exit_)
+    missing = missing_model_folder(args.model)
+    if missing:
+        print(f"nft-trl eval: --model: {missing}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from nft_trl.evaluation import evaluate, markdown_table
 
     output_dir = args.output_dir or str(
@@ -105,27 +127,57 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from nft_trl.cli.launch import COMMANDS
+def exit_code(exit_: SystemExit) -> int:
+    """The exit code an argparse `SystemExit` carries (`--help`: 0, a usage error: 2, a message: 1)."""
+    return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
 
-    parser = argparse.ArgumentParser(prog="nft-trl", description="Negative-aware Fine-Tuning (NFT) for TRL.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:  # parsed by their own TrlParser-based entry points (see `main`); listed here for --help
-        subparsers.add_parser(name, add_help=False, help=f"see nft-trl {name} --help")
-    add_eval_parser(subparsers)
-    return parser
+
+def _train(argv: list[str]) -> int:
+    from .launch import train_main
+
+    return train_main(argv)
+
+
+def _check(argv: list[str]) -> int:
+    from .launch import check_main
+
+    return check_main(argv)
+
+
+def _vllm_serve(argv: list[str]) -> int:
+    from .launch import vllm_serve_main
+
+    return vllm_serve_main(argv)
+
+
+#: name -> (function of the arguments after the name, one line for the usage). Imports happen on use: `eval` does not
+#: load the launcher, nor `train` the evaluation.
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (_train, "check a recipe for its launch, then `accelerate launch` the training script"),
+    "check": (_check, "batch arithmetic, consistency and a memory estimate of a recipe, without launching"),
+    "eval": (eval_main, "evaluate a checkpoint on math benchmarks (avg@k, pass@k, maj@k with 95% intervals)"),
+    "vllm-serve": (_vllm_serve, "TRL's vLLM server, for vllm_mode: server (needs nft-trl[vllm])"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: nft-trl COMMAND [ARGS ...]   (nft-trl COMMAND --help for its arguments)", "", "Commands:"]
+    lines += [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from nft_trl.cli.launch import COMMANDS
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    # train, check and vllm-serve take recipe fields and accelerate flags that argparse must not see.
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        guess = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean {guess[0]!r}?" if guess else ""
+        print(f"nft-trl: unknown command {name!r}.{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return COMMANDS[name][0](rest)
 
 
 if __name__ == "__main__":
