@@ -232,3 +232,20 @@ def test_build_reproduces_the_shipped_model():
         result = held_out_accuracy(model, tokenizer)
         assert ACCURACY_BAND[0] <= result.accuracy <= ACCURACY_BAND[1]
         assert result.mixed_fraction > 0.5
+
+
+def test_demo_trains_and_writes_the_learning_curve(tmp_path, monkeypatch, capsys):
+    from nft_trl.cli.train import main, parse_args
+    from nft_trl.embedded import demo
+
+    monkeypatch.setattr(demo, "DEMO_EVAL_PROMPTS", 8)
+    monkeypatch.setattr(demo, "DEMO_SAMPLES_SHOWN", 2)
+    script_args, training_args, model_args = parse_args(
+        ["--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "16"]
+    )
+    assert training_args.learning_rate == demo.DEMO_DEFAULTS["learning_rate"]  # the demo's values fill the defaults
+    main(script_args, training_args, model_args)
+    out = capsys.readouterr().out
+    assert "Before training" in out and "After training" in out
+    assert "Held-out accuracy (8 problems, 4 samples at T=1.0):" in out and "before ->" in out
+    assert (tmp_path / demo.CURVE_FILE).stat().st_size > 0 and (tmp_path / "model.safetensors").exists()
