@@ -100,28 +100,10 @@ def eval_main(argv: list[str]) -> int:
     output_dir = args.output_dir or str(
         Path("outputs") / "eval" / f"{Path(args.model.rstrip('/')).name}-{args.preset}"
     )
-    results = evaluate(
-        args.model,
-        [b for b in args.benchmarks.split(",") if b.strip()],
-        preset=args.preset,
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        backend=args.backend,
-        prompt_template=args.prompt_template,
-        output_dir=output_dir,
-        data_dir=args.data_dir,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        bootstrap_resamples=args.bootstrap_resamples,
-        dtype=args.dtype,
-        device=args.device,
-        tensor_parallel_size=args.tensor_parallel_size,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        max_model_len=args.max_model_len,
-    )
+    # Every other flag is a keyword argument of `evaluate` by the same name.
+    options = {key: value for key, value in vars(args).items() if key not in ("model", "benchmarks", "output_dir")}
+    benchmarks = [b for b in args.benchmarks.split(",") if b.strip()]
+    results = evaluate(args.model, benchmarks, output_dir=output_dir, **options)
     print(markdown_table(results))
     print(f"Results: {Path(output_dir) / 'results.json'} (samples under {Path(output_dir) / 'samples'})")
     return 0

@@ -157,7 +157,7 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
     )
     demo = None
     if model_args.model_name_or_path is None:
-        # The embedded offline demo: the built-in model and task (nft_trl.demo, nft_trl.embedded).
+        # The embedded offline demo: the shipped model and its task (nft_trl.embedded).
         from nft_trl.embedded import demo as demo_module
 
         model, tokenizer, train_dataset, held_out = demo_module.load_demo(training_args)
