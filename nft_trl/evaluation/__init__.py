@@ -1,5 +1,10 @@
 """Math benchmark evaluation the paper's way: avg@k, pass@k, maj@k with bootstrap intervals, resumable.
 
+`benchmarks` loads the benchmark files, `generation` samples (vLLM or transformers), `metrics` holds the estimators,
+`runner` ties them into `evaluate` (resumable, one JSON of every setting and result), `callback` evaluates during
+training, and `accuracy` gives the held-out accuracy of a policy on any prompt dataset graded by a TRL reward (the
+embedded demo's measure). Grading always goes through the training verifier, `math_verifier`.
+
 Command line: `nft-trl eval --model PATH --benchmarks aime24,aime25,amc23,math500,minerva,olympiadbench`
 (see `nft_trl.cli`). Python:
 
