@@ -38,8 +38,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer, math_verifier  # noqa: E402
-from nft_trl.demo import HeldOutAccuracyCallback  # noqa: E402
-from nft_trl.embedded import embedded_path, evaluate_accuracy, make_dataset  # noqa: E402
+from nft_trl.embedded import embedded_path, make_dataset  # noqa: E402
+from nft_trl.embedded.demo import HeldOutAccuracyCallback  # noqa: E402
+from nft_trl.evaluation import evaluate_accuracy  # noqa: E402
 
 
 ALGORITHMS = ("nft", "rft", "grpo", "dr_grpo", "nft_ds")

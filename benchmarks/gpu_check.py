@@ -7,12 +7,13 @@ Four checks, each printing its own lines, then a summary block with the targets:
 
 1. Model. A randomly initialised Qwen2 with Qwen2.5-0.5B's architecture (hidden 896, 24 layers, 14 heads, 2 KV heads,
    intermediate 4864, tied embeddings) and its vocabulary size (151,936, padded: the local BPE tokenizer of
-   `nft_trl.tiny` only uses its first few hundred ids, but every log-prob is a softmax over the full vocabulary, so
+   `nft_trl.embedded.tokenizer` only uses its first few hundred ids, but every log-prob is a softmax over the full vocabulary, so
    the LM head costs what it costs in the real model). Nothing is downloaded.
 2. Parity. NFTTrainer and GRPOTrainer (`loss_type="dr_grpo"`, `scale_rewards="none"`) train the same model copy on
    the same prompts with the same settings in bf16 (fp32 master weights, bf16 autocast: `bf16=True`). Rounds alternate
    (NFT, GRPO, GRPO, NFT) so that clock and thermal drift hit both alike; each round drops its first `--warmup` steps.
-   Generation is replaced by a fixed script (identical completions for both trainers), so the time is that of a whole
+   Generation is replaced by a fixed script (`nft_trl.embedded.scripted`: identical completions for both trainers,
+   EOS spread over the second half of the completion length), so the time is that of a whole
    optimizer step minus sampling: scripted "generation", reward, forward, backward, optimizer. CUDA is synchronised
    at each step boundary. Prints step time, peak memory (CUDA allocator peak above the round's start, smallest over
    rounds) and completion tokens per second for each trainer, and the ratios.
@@ -21,15 +22,16 @@ Four checks, each printing its own lines, then a summary block with the targets:
    clamp (x close to eps) and near the sign change of x (R close to 1/r_hat). The docstring of `gradient_check`
    explains what should dominate.
 4. ZeRO-3. When DeepSpeed is importable and a GPU is present, `accelerate launch` runs NFTTrainer for a few steps in
-   one process under DeepSpeed ZeRO-3 with the shipped accelerate config (`nft_trl/accelerate_configs/zero3.yaml`,
-   or the equivalent settings built here when the package does not ship it). Otherwise prints a SKIP line. One
+   one process under DeepSpeed ZeRO-3 with the shipped accelerate config (`nft_trl/accelerate_configs/zero3.yaml`).
+   Otherwise prints a SKIP line. One
    process checks the ZeRO-3 code paths (partitioned parameters gathered by TRL's fused LM head, pi_old forward,
    DeepSpeed's backward and step, NFT's metric reduction); it cannot show ranks making different collective calls,
    which needs two GPUs (NCCL does not put two ranks on one GPU).
 
 Targets: step-time ratio NFT/GRPO <= 1.02, peak-memory ratio <= 1.01, bf16-vs-fp32 gradient relative error reported
-(flagged above 1e-2), ZeRO-3 steps complete. The dry run's numbers come from a tiny model on a CPU: they show that the
-code runs, not that the targets hold.
+(flagged above 1e-2), ZeRO-3 steps complete. The exit code is 1 when any check FAILs (a FLAG is a pointer to read the
+gradient check's docstring, not a failure), 0 otherwise. The dry run's numbers come from a tiny model on a CPU: they
+show that the code runs, not that the targets hold, so only a ZeRO-3 failure fails it.
 """
 
 from __future__ import annotations
@@ -58,13 +60,15 @@ os.environ.setdefault("CI", "true")
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM, TrainerCallback  # noqa: E402
-from transformers.generation.utils import GenerationMixin  # noqa: E402
+from transformers import PrinterCallback, Qwen2ForCausalLM, TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
 from nft_trl.algorithm.loss import nft_per_token_loss  # noqa: E402
-from nft_trl.tiny import build_tiny_tokenizer  # noqa: E402
+from nft_trl.cli.preflight import resolve_accelerate_config  # noqa: E402
+from nft_trl.embedded.model import build_tiny_model, random_qwen2  # noqa: E402
+from nft_trl.embedded.scripted import eos_position, scripted_completion, scripted_generation  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_tokenizer  # noqa: E402
 
 
 # Qwen2.5-0.5B's architecture (its config.json), written out because nothing can be downloaded.
@@ -80,16 +84,6 @@ QWEN2_5_0_5B = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
-# The dry run's model: same family, small enough for a CPU test.
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-)
 
 STEP_TIME_TARGET = 1.02
 MEMORY_TARGET = 1.01
@@ -97,19 +91,13 @@ GRAD_ERROR_FLAG = 1e-2
 NEAR_CLAMP_REL = 0.05  # a wrong-answer token is "near" a point when within 5% of it (see gradient_check)
 ZERO3_TIMEOUT_S = 180  # a ZeRO-3 collective mismatch hangs rather than fails: treat a timeout as a deadlock
 ZERO3_DONE = "ZERO3_DONE"  # the worker's last line, parsed by the parent
+EOS_STRIDE = 97  # scripted EOS positions jump by this much from row to row: a batch of 16 pads to ~0.96 * length
 
 
 # ---------------------------------------------------------------------------------------------------- model and data
 def build_model(tokenizer, dry_run: bool, seed: int = 0) -> Qwen2ForCausalLM:
-    arch = dict(TINY, vocab_size=len(tokenizer)) if dry_run else dict(QWEN2_5_0_5B)
-    config = Qwen2Config(
-        **arch, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
+    """The dry run's tiny Qwen2, or a random Qwen2 with Qwen2.5-0.5B's architecture and vocabulary size."""
+    return build_tiny_model(tokenizer, seed=seed) if dry_run else random_qwen2(tokenizer, seed=seed, **QWEN2_5_0_5B)
 
 
 def build_dataset(num_prompts: int = 64) -> Dataset:
@@ -118,38 +106,15 @@ def build_dataset(num_prompts: int = 64) -> Dataset:
     )
 
 
-def stop_position(row: int, length: int) -> int:
-    """Where `scripted_row` puts EOS: spread over [length/2, length) so that a batch of 16 pads to ~0.96 * length."""
-    return length // 2 + (row * 97) % (length - length // 2)
+def script(tokenizer, length: int):
+    """Generation replaced by the script, with EOS in the second half of the completion (see the docstring)."""
+    return scripted_generation(len(tokenizer), earliest_eos=length // 2, eos_stride=EOS_STRIDE)
 
 
-def scripted_row(row: int, length: int, num_ids: int, eos: int) -> list[int]:
-    """A fixed completion for batch row `row`: varied ids below `num_ids` (the tokenizer's), then EOS."""
-    tokens = [3 + (row * 7 + t * 13 + row * t) % (num_ids - 3) for t in range(length)]  # ids 0-2 are special tokens
-    tokens[stop_position(row, length)] = eos
-    return tokens
-
-
-def completion_tokens(batch_size: int, length: int) -> tuple[int, int]:
-    """`(tokens, padded_length)` of a scripted batch: completion tokens trained on (EOS included) and the padded
-    completion length the forward pass processes."""
-    stops = [stop_position(row, length) + 1 for row in range(batch_size)]
-    return sum(stops), max(stops)
-
-
-def install_scripted_generation(num_ids: int):
-    """Replace sampling by `scripted_row`, so that both trainers do identical work on identical completions.
-
-    Returns the original `generate`, for `main` to put back (the test suite calls `main` in-process)."""
-    original = GenerationMixin.generate
-
-    def generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
-        length, eos = generation_config.max_new_tokens, self.config.eos_token_id
-        rows = [scripted_row(b, length, num_ids, eos) for b in range(input_ids.size(0))]
-        return torch.cat([input_ids, torch.tensor(rows, device=input_ids.device)], dim=1)
-
-    GenerationMixin.generate = generate
-    return original
+def completion_lengths(batch_size: int, length: int) -> list[int]:
+    """Tokens trained on in each scripted completion (EOS included; `length` when the script gives no EOS)."""
+    stops = [eos_position(row, length, earliest=length // 2, stride=EOS_STRIDE) for row in range(batch_size)]
+    return [length if stop is None else stop + 1 for stop in stops]
 
 
 @contextmanager
@@ -251,7 +216,8 @@ def parity_check(base_model, tokenizer, opts) -> dict:
                 times[kind].extend(step_times)
                 peaks[kind].append(peak)
 
-    tokens, padded = completion_tokens(opts.batch_size, opts.completion_length)
+    lengths = completion_lengths(opts.batch_size, opts.completion_length)
+    tokens, padded = sum(lengths), max(lengths)
     print(
         f"parity: batch {opts.batch_size} ({opts.num_generations} per prompt), completions up to "
         f"{opts.completion_length} tokens (padded to {padded}; {tokens} trained tokens per step), {opts.rounds} "
@@ -338,9 +304,14 @@ def gradient_check(base_model, tokenizer, opts) -> dict:
         [{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True, tokenize=False
     )
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
-    completions = torch.tensor([scripted_row(b, length, len(tokenizer), eos) for b in range(batch)])
-    stops = torch.tensor([stop_position(b, length) for b in range(batch)])
-    mask = (torch.arange(length).unsqueeze(0) <= stops.unsqueeze(1)).float()  # up to and including EOS
+    completions = torch.tensor(
+        [
+            scripted_completion(b, length, len(tokenizer), eos, earliest_eos=length // 2, eos_stride=EOS_STRIDE)
+            for b in range(batch)
+        ]
+    )
+    lengths = torch.tensor(completion_lengths(batch, length))
+    mask = (torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)).float()  # up to and including EOS
     prompt_ids = torch.tensor(prompt).repeat(batch, 1)
     input_ids = torch.cat([prompt_ids, completions], dim=1).to(device)
     attention_mask = torch.cat([torch.ones_like(prompt_ids).float(), mask], dim=1).to(device)
@@ -445,92 +416,55 @@ def gradient_check(base_model, tokenizer, opts) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- ZeRO-3
-def zero3_accelerate_config(workdir: str) -> tuple[Path, str]:
-    """The shipped ZeRO-3 accelerate config, or the same settings written to `workdir` when it is not shipped."""
-    import nft_trl
-
-    shipped = Path(nft_trl.__file__).parent / "accelerate_configs" / "zero3.yaml"
-    if shipped.is_file():
-        return shipped, f"shipped {shipped}"
-    # Equivalent settings (those of TRL's zero3.yaml), one process: ZeRO stage 3, no offload, bf16.
-    text = "\n".join(
-        [
-            "compute_environment: LOCAL_MACHINE",
-            "distributed_type: DEEPSPEED",
-            "deepspeed_config:",
-            "  deepspeed_multinode_launcher: standard",
-            "  offload_optimizer_device: none",
-            "  offload_param_device: none",
-            "  zero3_init_flag: true",
-            "  zero3_save_16bit_model: true",
-            "  zero_stage: 3",
-            "mixed_precision: bf16",
-            "machine_rank: 0",
-            "num_machines: 1",
-            "num_processes: 1",
-            "rdzv_backend: static",
-            "same_network: true",
-            "use_cpu: false",
-            "",
-        ]
-    )
-    path = Path(workdir) / "zero3.yaml"
-    path.write_text(text)
-    return path, f"built in code ({shipped} not found)"
-
-
 def zero3_check(opts) -> dict:
-    with tempfile.TemporaryDirectory() as workdir:
-        config_path, origin = zero3_accelerate_config(workdir)
-        print(f"ZeRO-3 accelerate config: {origin}")
-        if importlib.util.find_spec("deepspeed") is None:
-            reason = "deepspeed is not importable (pip install deepspeed, or nft-trl[deepspeed])"
-            print(f"ZeRO-3: SKIP ({reason})")
-            return {"status": "SKIP", "detail": reason}
-        if not torch.cuda.is_available():
-            reason = "no CUDA device: this check runs DeepSpeed on the GPU"
-            print(f"ZeRO-3: SKIP ({reason})")
-            return {"status": "SKIP", "detail": reason}
-        # One process under `accelerate launch`, as users start it; a fresh interpreter keeps DeepSpeed's state out
-        # of this one. The port is fixed per run but unlikely to be in use on a benchmark machine.
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(config_path),
-            "--num_processes",
-            "1",
-            "--main_process_port",
-            str(opts.zero3_port),
-            str(Path(__file__).resolve()),
-            "--zero3-worker",
-            *(["--dry-run"] if opts.dry_run else []),
-            "--zero3-steps",
-            str(opts.zero3_steps),
-            "--batch-size",
-            str(opts.batch_size),
-            "--num-generations",
-            str(opts.num_generations),
-            "--completion-length",
-            str(opts.completion_length),
-        ]
-        start = time.perf_counter()
-        # Own process group: on a hang, the launcher AND the worker it started are killed, freeing the GPU.
-        proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        try:
-            output, _ = proc.communicate(timeout=ZERO3_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            print(
-                f"ZeRO-3: FAIL (no result after {ZERO3_TIMEOUT_S} s: a hang, e.g. ranks making different collectives)"
-            )
-            print(output[-3000:])
-            return {"status": "FAIL", "detail": f"timed out after {ZERO3_TIMEOUT_S} s"}
-        elapsed = time.perf_counter() - start
+    config_path = resolve_accelerate_config("zero3")
+    print(f"ZeRO-3 accelerate config: shipped {config_path}")
+    if importlib.util.find_spec("deepspeed") is None:
+        reason = "deepspeed is not importable (pip install deepspeed, or nft-trl[deepspeed])"
+        print(f"ZeRO-3: SKIP ({reason})")
+        return {"status": "SKIP", "detail": reason}
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: this check runs DeepSpeed on the GPU"
+        print(f"ZeRO-3: SKIP ({reason})")
+        return {"status": "SKIP", "detail": reason}
+    # One process under `accelerate launch`, as users start it; a fresh interpreter keeps DeepSpeed's state out
+    # of this one. The port is fixed per run but unlikely to be in use on a benchmark machine.
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_path),
+        "--num_processes",
+        "1",
+        "--main_process_port",
+        str(opts.zero3_port),
+        str(Path(__file__).resolve()),
+        "--zero3-worker",
+        *(["--dry-run"] if opts.dry_run else []),
+        "--zero3-steps",
+        str(opts.zero3_steps),
+        "--batch-size",
+        str(opts.batch_size),
+        "--num-generations",
+        str(opts.num_generations),
+        "--completion-length",
+        str(opts.completion_length),
+    ]
+    start = time.perf_counter()
+    # Own process group: on a hang, the launcher AND the worker it started are killed, freeing the GPU.
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=ZERO3_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        print(f"ZeRO-3: FAIL (no result after {ZERO3_TIMEOUT_S} s: a hang, e.g. ranks making different collectives)")
+        print(output[-3000:])
+        return {"status": "FAIL", "detail": f"timed out after {ZERO3_TIMEOUT_S} s"}
+    elapsed = time.perf_counter() - start
     match = re.search(rf"{ZERO3_DONE} steps=(\d+) loss=(\S+) stage=(\d+)", output)
     if proc.returncode != 0 or match is None:
         print(f"ZeRO-3: FAIL (exit code {proc.returncode}); last output:")
@@ -549,9 +483,8 @@ def zero3_check(opts) -> dict:
 def zero3_worker(opts) -> None:
     """Runs inside `accelerate launch`: NFTTrainer for a few steps; prints the line `zero3_check` parses."""
     tokenizer = build_tiny_tokenizer()
-    install_scripted_generation(len(tokenizer))
     model = build_model(tokenizer, opts.dry_run)
-    with tempfile.TemporaryDirectory() as workdir:
+    with script(tokenizer, opts.completion_length), tempfile.TemporaryDirectory() as workdir:
         # num_iterations=2: every generation batch is trained on twice, so TRL computes pi_old (one more forward
         # under ZeRO-3) and the second step is off-policy, as in the paper's recipe: the clamp and ratio paths run.
         config = NFTConfig(**trainer_args(opts, workdir, max_steps=opts.zero3_steps, num_iterations=2))
@@ -602,11 +535,8 @@ def main(argv=None) -> int:
         return 2
     start = time.perf_counter()
     tokenizer = build_tiny_tokenizer()
-    original_generate = install_scripted_generation(len(tokenizer))
-    try:
+    with script(tokenizer, opts.completion_length):
         return run_checks(opts, tokenizer, start)
-    finally:
-        GenerationMixin.generate = original_generate
 
 
 def run_checks(opts, tokenizer, start: float) -> int:
@@ -652,7 +582,18 @@ def run_checks(opts, tokenizer, start: float) -> int:
     )
     print(f"ZeRO-3 steps complete: {zero3['status']} ({zero3['detail']})")
     print(f"total time: {time.perf_counter() - start:.0f} s")
-    return 0
+    failed = [
+        name
+        for name, ok in (
+            ("step-time ratio", opts.dry_run or parity["time_ratio"] <= STEP_TIME_TARGET),
+            ("peak memory ratio", opts.dry_run or memory_ok is not False),
+            ("ZeRO-3", zero3["status"] != "FAIL"),
+        )
+        if not ok
+    ]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from nft_trl import NFTConfig, NFTTrainer, math_verifier
-from nft_trl.demo import HeldOutAccuracyCallback, demo_defaults, load_demo
+from nft_trl.embedded.demo import HeldOutAccuracyCallback, demo_defaults, load_demo
 
 
 ANSWERS_PER_STEP, MAX_COMPLETION_LENGTH = 64, 16

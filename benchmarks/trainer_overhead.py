@@ -33,11 +33,12 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
-from transformers.generation.utils import GenerationMixin  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from nft_trl.embedded.model import build_tiny_model  # noqa: E402
+from nft_trl.embedded.scripted import scripted_generation  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_tokenizer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):
@@ -112,20 +113,6 @@ class PeakMemory:
             self.peak = self._max - self._base
 
 
-def scripted_generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
-    """Identical completions for both trainers: fixed varied tokens, EOS at a row-dependent position."""
-    length = generation_config.max_new_tokens
-    vocab, eos = self.config.vocab_size, self.config.eos_token_id
-    rows = []
-    for b in range(input_ids.size(0)):
-        row = [3 + (b * 7 + t * 13 + b * t) % (vocab - 3) for t in range(length)]
-        stop = length // 2 + b % (length // 2)
-        if stop < length:
-            row[stop] = eos
-        rows.append(row)
-    return torch.cat([input_ids, torch.tensor(rows, device=input_ids.device)], dim=1)
-
-
 def parity_reward(completions, completion_ids, **kwargs):
     return [float(ids[0] % 3 == 0) for ids in completion_ids]
 
@@ -188,14 +175,15 @@ def main():
     parser.add_argument("--completion_length", type=int, default=64)
     opts = parser.parse_args()
 
-    GenerationMixin.generate = scripted_generate
     tokenizer = build_tiny_tokenizer()
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(64)]})
     times = {"nft": [], "grpo": []}
     peaks = {"nft": [], "grpo": []}
     saved = {"nft": [], "grpo": []}
     order = ["nft", "grpo"]
-    with tempfile.TemporaryDirectory() as workdir:
+    # Identical completions for both trainers, EOS in the second half of each.
+    script = scripted_generation(earliest_eos=opts.completion_length // 2)
+    with script, tempfile.TemporaryDirectory() as workdir:
         for round_index in range(opts.rounds):
             for kind in order if round_index % 2 == 0 else order[::-1]:
                 step_times, peak, saved_bytes = run_round(kind, tokenizer, dataset, opts, workdir)

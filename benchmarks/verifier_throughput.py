@@ -28,7 +28,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from nft_trl.rewards.verifier import get_default_pool, make_math_verifier  # noqa: E402
+from nft_trl import make_math_verifier  # noqa: E402
+from nft_trl.rewards.pool import get_default_pool  # noqa: E402
 
 
 BENCHMARKS_DIR = Path(os.environ.get("NFT_TRL_BENCHMARKS_DIR", REPO_ROOT.parent / "shared/data/benchmarks"))

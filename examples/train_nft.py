@@ -1,6 +1,6 @@
 """Train with Negative-aware Fine-Tuning (NFT).
 
-With no arguments, the embedded offline demo: a small model (built once on first use and cached) learns a math task
+With no arguments, the embedded offline demo: a small model (shipped with the package) learns a math task
 on CPU; prints graded answers and held-out accuracy before and after, and saves a learning curve:
 
     accelerate launch examples/train_nft.py
@@ -12,10 +12,10 @@ Any model and dataset, e.g. Qwen2.5-Math-7B on DAPO-Math-17k with vLLM generatio
         --dataset_format dapo --use_vllm --vllm_mode colocate --num_generations 16
 
 or a recipe (`--config nft_trl/recipes/Qwen2.5-Math-7B/nft/config_paper.yaml`). `--help` lists every option. This file
-is the `nft_trl.scripts.train_nft` module's entry point, which `nft-trl train` launches too.
+is the `nft_trl.cli.train` module's entry point, which `nft-trl train` launches too.
 """
 
-from nft_trl.scripts.train_nft import main, parse_args
+from nft_trl.cli.train import main, parse_args
 
 
 if __name__ == "__main__":

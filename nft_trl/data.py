@@ -95,14 +95,13 @@ def to_prompt_solution(dataset: Dataset, dataset_format: str = "auto", name: str
 
 
 def detect_format(dataset: Dataset, name: str = "dataset") -> str:
+    """`prompt_solution`, `dapo` or `verl` from the columns (and the first prompt); `MissingColumnError` otherwise."""
     columns = set(dataset.column_names)
-    if {"prompt", "solution"} <= columns:
-        return "prompt_solution"
-    if {"prompt", "reward_model"} <= columns:
+    if {"prompt", "reward_model"} <= columns and "solution" not in columns:
         first = _user_text(dataset[0]["prompt"]) if len(dataset) else ""
         return "dapo" if first.lstrip().startswith(_DAPO_PREFIX) else "verl"
     require_columns(dataset, ("prompt", "solution"), "auto (prompt_solution, dapo or verl)", name)
-    raise AssertionError("unreachable")
+    return "prompt_solution"
 
 
 def require_columns(dataset: Dataset, columns: Sequence[str], dataset_format: str, name: str = "dataset") -> None:

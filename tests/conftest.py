@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny local tokenizer and Qwen2 model (no Hub), and offline settings."""
+"""Shared fixtures and helpers: a tiny local tokenizer and Qwen2 model (no Hub), scripted generation, CPU settings."""
 
 import os
 
@@ -13,7 +13,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from nft_trl.embedded.model import build_tiny_model, save_tiny_model  # noqa: E402
+from nft_trl.embedded.scripted import scripted_completion  # noqa: E402
+from nft_trl.embedded.scripted import scripted_generation as scripted  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_tokenizer  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,18 +27,33 @@ def benchmarks_dir() -> Path:
     return Path(os.environ.get("NFT_TRL_BENCHMARKS_DIR", REPO_ROOT.parent / "shared" / "data" / "benchmarks"))
 
 
+def cpu_training_args(output_dir, **settings) -> dict:
+    """Keyword arguments of a small CPU run for `NFTConfig` or `GRPOConfig`: fp32, no reporting, no checkpoints,
+    seeded, batches of 8 answers in groups of 4; `settings` override or add fields."""
+    return {
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "gradient_checkpointing": False,
+        "seed": 0,
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        **settings,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory, tiny_tokenizer):
+def tiny_model_path(tmp_path_factory):
     """A tiny Qwen2 model and tokenizer saved to a local folder (usable as `model_name_or_path`)."""
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    build_tiny_model(tiny_tokenizer, seed=0).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2")))
 
 
 @pytest.fixture
@@ -43,31 +61,9 @@ def tiny_model(tiny_tokenizer):
     return build_tiny_model(tiny_tokenizer, seed=0)
 
 
-def scripted_completion(row: int, length: int, vocab_size: int, eos_id: int) -> list[int]:
-    """A deterministic completion for batch row `row`: varied tokens, and an EOS at a row-dependent position."""
-    first_regular = 3  # ids 0-2 are the special tokens of nft_trl.tiny
-    span = vocab_size - first_regular
-    tokens = [first_regular + (row * 7 + t * 13 + row * t) % span for t in range(length)]
-    stop = 2 + row % (length - 1)
-    if stop < length:
-        tokens[stop] = eos_id
-    return tokens
-
-
 @pytest.fixture
-def scripted_generation(monkeypatch):
-    """Replace `generate` by a deterministic script, so that several trainers see exactly the same completions.
-
-    Random tiny models rarely emit EOS; TRL slices the completion after the prompt and cuts it at the first EOS.
-    """
-    import torch
-    from transformers.generation.utils import GenerationMixin
-
-    def fake_generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
-        length = generation_config.max_new_tokens if generation_config is not None else 8
-        eos = self.config.eos_token_id
-        rows = [scripted_completion(b, length, self.config.vocab_size, eos) for b in range(input_ids.size(0))]
-        return torch.cat([input_ids, torch.tensor(rows, device=input_ids.device)], dim=1)
-
-    monkeypatch.setattr(GenerationMixin, "generate", fake_generate)
-    return scripted_completion
+def scripted_generation():
+    """`generate` replaced by a deterministic script (`nft_trl.embedded.scripted`), so that several trainers see
+    exactly the same completions. Yields the script, `scripted_completion(row, length, num_ids, eos_id)`."""
+    with scripted():
+        yield scripted_completion

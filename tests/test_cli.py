@@ -1,4 +1,5 @@
-"""`nft-trl train / check / vllm-serve` (nft_trl.commands), the shipped recipes and accelerate configs, offline on CPU."""
+"""The `nft-trl` command (nft_trl.cli): dispatch, train / check / eval / vllm-serve, bad input, the shipped recipes and
+accelerate configs, offline on CPU."""
 
 import json
 import os
@@ -11,8 +12,18 @@ import yaml
 
 import nft_trl
 from nft_trl.algorithm.config import NFTConfig
-from nft_trl.commands import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
-from nft_trl.preflight import KNOWN_MODELS, RECIPES_DIR, arithmetic, launch_from, model_shape, shipped_recipes
+from nft_trl.cli import main
+from nft_trl.cli.launch import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
+from nft_trl.cli.preflight import (
+    KNOWN_MODELS,
+    RECIPES_DIR,
+    arithmetic,
+    launch_from,
+    missing_model_folder,
+    model_shape,
+    shipped_recipes,
+)
+from nft_trl.cli.train import parse_args
 
 
 PACKAGE_ROOT = Path(nft_trl.__file__).resolve().parents[1]
@@ -114,16 +125,20 @@ def test_baselines_differ_from_nft_only_in_the_method():
         assert recipe == {**expected, **diffs}, method
 
 
-def test_grpo_baseline_builds_a_grpo_config():
+@pytest.mark.parametrize("method", ["grpo", "dapo"])
+def test_baselines_are_parsed_as_plain_grpo_configs(method):
     from trl import GRPOConfig
 
-    from nft_trl.scripts.train_nft import grpo_config_from
-
-    run = parse_run(["--config", "Qwen2.5-Math-7B/dapo/config_paper", "--num_processes", "1"], prog="test")
-    config = grpo_config_from(run.training_args)
-    assert type(config) is GRPOConfig
-    assert config.loss_type == "dapo" and config.epsilon_high == 0.28 and config.steps_per_generation == 64
-    assert config.weight_decay == 0.1 and config.lr_scheduler_type == "constant_with_warmup"
+    recipe = f"Qwen2.5-Math-7B/{method}/config_paper"
+    run = parse_run(["--config", recipe, "--num_processes", "1"], prog="test")
+    assert not run.errors and isinstance(run.training_args, GRPOConfig)
+    assert not isinstance(run.training_args, NFTConfig)  # NFT's validation never sees the baselines
+    # The launched script builds exactly TRL's GRPOConfig, for TRL's GRPOTrainer (use_cpu: GRPOConfig's bf16 default
+    # needs a GPU, and this test runs without one).
+    _, config, _ = parse_args(["--config", str(RECIPES_DIR / f"{recipe}.yaml"), "--use_cpu", "true"])
+    assert type(config) is GRPOConfig and config.steps_per_generation == 64 and config.weight_decay == 0.1
+    assert config.loss_type == method and config.lr_scheduler_type == "constant_with_warmup"
+    assert config.epsilon_high == (0.28 if method == "dapo" else None)
 
 
 @pytest.mark.parametrize(
@@ -270,6 +285,98 @@ def test_train_refuses_inconsistent_recipe_without_launching(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Bad input stops before anything launches, with the fix
+
+
+def test_unknown_recipe_key_names_the_field_it_meant(tmp_path, capsys, monkeypatch):
+    import accelerate.commands.launch
+
+    def must_not_launch(*args, **kwargs):
+        raise AssertionError("launched")
+
+    monkeypatch.setattr(accelerate.commands.launch, "launch_command", must_not_launch)
+    recipe = write_recipe(tmp_path, negative_wieght=0.5)
+    code = train_main(["--config", recipe])
+    out = capsys.readouterr()
+    assert code == 1 and "not launched" in out.err
+    assert f"unknown key 'negative_wieght' (in {recipe})" in out.out and "did you mean 'negative_weight'?" in out.out
+
+
+def test_unknown_flag_names_the_field_it_meant(tmp_path, capsys):
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path), "--lerning_rate", "1e-6")
+    assert code == 1 and "unknown key 'lerning_rate' (flag --lerning_rate)" in out
+    assert "did you mean 'learning_rate'?" in out
+    # accelerate's own flags, in either spelling, are not unknown.
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, num_machines=1), "--main-process-port", "29500")
+    assert code == 0, out
+
+
+def test_launched_script_rejects_unknown_keys(tmp_path):
+    with pytest.raises(SystemExit, match="unknown key 'negative_wieght'.*did you mean 'negative_weight'"):
+        parse_args(["--config", write_recipe(tmp_path, negative_wieght=0.5, steps_per_generation=16)])
+
+
+def test_nft_field_in_a_grpo_recipe_is_named(tmp_path, capsys):
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, method="grpo", negative_weight=0.5))
+    assert code == 1 and "'negative_weight'" in out and "method 'grpo' trains with TRL's GRPOConfig" in out
+
+
+def test_malformed_yaml_gives_file_line_and_column(tmp_path, capsys):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("model_name_or_path: Qwen/Qwen2.5-Math-1.5B\nnum_generations: [16\nlearning_rate: 1e-6\n")
+    for command in (check_main, train_main):
+        code = command(["--config", str(recipe)])
+        out = capsys.readouterr()
+        assert code == 1, out
+        assert f"{recipe}:3:" in out.err and "malformed YAML" in out.err and "Traceback" not in out.err + out.out
+    recipe.write_text("- a list\n- not a mapping\n")
+    assert check_main(["--config", str(recipe)]) == 1 and "YAML mapping" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="broken.yaml: expected a YAML mapping"):
+        parse_args(["--config", str(recipe)])
+
+
+def test_unknown_method_is_named(tmp_path, capsys):
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, method="ppo"))
+    assert code == 1 and "method='ppo' is not supported" in out
+
+
+@pytest.mark.parametrize(
+    ("value", "missing"),
+    [
+        ("Qwen/Qwen2.5-Math-7B", False),  # a Hub id
+        ("gpt2", False),
+        ("./outputs/ckpt", True),
+        ("/no/such/checkpoint", True),
+        ("~/no-such-checkpoint", True),
+        ("runs/exp1/checkpoint-100", True),  # more than one slash
+        ("TMP/checkpoint-100", True),  # its first part is an existing folder
+    ],
+)
+def test_model_folder_rule(tmp_path, monkeypatch, value, missing):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "TMP").mkdir()
+    assert (missing_model_folder(value) is not None) == missing
+    (tmp_path / "present").mkdir()
+    assert missing_model_folder("present") is None and missing_model_folder(str(tmp_path / "present")) is None
+
+
+def test_eval_says_a_missing_model_folder_does_not_exist(tmp_path, capsys):
+    code = main(["eval", "--model", str(tmp_path / "no-such-checkpoint")])
+    err = capsys.readouterr().err
+    assert code == 1 and "no-such-checkpoint does not exist" in err
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, model_name_or_path=str(tmp_path / "missing")))
+    assert code == 1 and "missing does not exist" in out
+
+
+def test_dispatcher(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in ("train", "check", "eval", "vllm-serve"))
+    assert main(["chek"]) == 2 and "Did you mean 'check'?" in capsys.readouterr().err
+    assert main(["eval", "--help"]) == 0 and "--preset" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # train: end to end through accelerate launch
 
 
@@ -315,7 +422,7 @@ def test_train_end_to_end(tmp_path, tiny_model_path):
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])
     argv = ["--config", str(recipe), "--cpu", "--mixed_precision", "no", "--learning_rate", "1e-5"]
     result = subprocess.run(
-        [sys.executable, "-m", "nft_trl.commands", "train", *argv],
+        [sys.executable, "-m", "nft_trl.cli", "train", *argv],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import cpu_training_args
 
 from nft_trl import NFTConfig, NFTTrainer
 from nft_trl.algorithm.dynamic_sampling import RefillStream, merge_rows, mixed_groups, select_groups
@@ -42,25 +43,10 @@ def dataset(n=16):
 
 
 def config(tmp_path, **overrides):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=4,
-        max_steps=3,
-        learning_rate=0.05,
-        save_strategy="no",
-        logging_steps=1,
-        gradient_checkpointing=False,
-        dynamic_sampling=True,
-        max_sampling_rounds=6,
-        seed=0,
+    settings = dict(
+        max_completion_length=4, max_steps=3, learning_rate=0.05, dynamic_sampling=True, max_sampling_rounds=6
     )
-    args.update(overrides)
-    return NFTConfig(**args)
+    return NFTConfig(**cpu_training_args(tmp_path / "out", **{**settings, **overrides}))
 
 
 class LossSpy:

@@ -1,7 +1,9 @@
-"""Tests of `nft_trl.embedded`: the task, the cached build and the evaluation helper.
+"""Tests of `nft_trl.embedded` and of `nft_trl.evaluation.evaluate_accuracy`: the task, the shipped model, the cached
+build.
 
-The fast tests build a reduced model (tiny architecture, a few warm-up steps) into a temporary cache; the test marked
-`slow` builds the real default and checks that it lands in the accuracy band RL needs.
+The fast tests build a reduced model (tiny architecture, a few warm-up steps) into a temporary cache and check the
+shipped model; the test marked `slow` runs the real default build (into the user's cache, or `$NFT_TRL_CACHE`) and
+checks that it reproduces a model of the shipped one's shape and quality.
 """
 
 import dataclasses
@@ -14,18 +16,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from nft_trl import embedded
 from nft_trl.embedded import (
     CACHE_ENV_VAR,
+    DEFAULT_CONFIG,
     MANIFEST_NAME,
+    SHIPPED_DIR,
     EmbeddedConfig,
     embedded_path,
-    evaluate_accuracy,
     load_embedded_model,
     load_manifest,
     make_dataset,
     make_problems,
 )
+from nft_trl.embedded import model as embedded
+from nft_trl.evaluation import evaluate_accuracy
 
 
 # A build that takes a few seconds: tiny model, a handful of warm-up steps, one validation check.
@@ -193,12 +197,55 @@ def test_evaluate_accuracy(tiny_cache):
         evaluate_accuracy(model, tokenizer, dataset, temperature=0.0, num_samples=2, reward_fn=exact_match_reward)
 
 
-@pytest.mark.slow
-def test_default_build_lands_in_the_accuracy_band():
-    # The user's cache (or $NFT_TRL_CACHE): built once per machine, shared with the demo and the notebooks' tests.
-    model, tokenizer = load_embedded_model()
-    result = evaluate_accuracy(
+def held_out_accuracy(model, tokenizer):
+    return evaluate_accuracy(
         model, tokenizer, make_dataset("test", 200, seed=0), num_samples=4, reward_fn=exact_match_reward
     )
-    assert ACCURACY_BAND[0] <= result.accuracy <= ACCURACY_BAND[1]
-    assert result.mixed_fraction > 0.5
+
+
+def test_shipped_model_is_the_default_build():
+    from safetensors import safe_open
+
+    assert embedded.shipped_version() == DEFAULT_CONFIG.version_hash()
+    assert embedded_path() == SHIPPED_DIR
+    manifest = json.loads((SHIPPED_DIR / MANIFEST_NAME).read_text())
+    assert manifest["config"] == dataclasses.asdict(DEFAULT_CONFIG) and manifest["stored_dtype"] == "float16"
+    with safe_open(SHIPPED_DIR / "model.safetensors", framework="pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}  # noqa: SIM118
+    model, tokenizer = load_embedded_model()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
+    # Any `from_pretrained` (TRL's too) loads it in float32, the dtype it trains in.
+    assert AutoModelForCausalLM.from_pretrained(SHIPPED_DIR).dtype == torch.float32
+    assert tokenizer.get_vocab() == embedded.build_tokenizer().get_vocab()
+
+
+@pytest.mark.slow
+def test_build_reproduces_the_shipped_model():
+    # The build is deterministic for a given machine, not bitwise across machines (thread counts change the sums):
+    # the check is the shape, the tokenizer and the accuracy band RL needs, for the build and the shipped copy alike.
+    built, tokenizer = load_embedded_model(shipped=False)  # built once per machine into the user's cache
+    shipped, _ = load_embedded_model()
+    assert {n: p.shape for n, p in built.named_parameters()} == {n: p.shape for n, p in shipped.named_parameters()}
+    assert tokenizer.get_vocab() == embedded.build_tokenizer().get_vocab()
+    for model in (built, shipped):
+        result = held_out_accuracy(model, tokenizer)
+        assert ACCURACY_BAND[0] <= result.accuracy <= ACCURACY_BAND[1]
+        assert result.mixed_fraction > 0.5
+
+
+def test_demo_trains_and_writes_the_learning_curve(tmp_path, monkeypatch, capsys):
+    from nft_trl.cli.train import main, parse_args
+    from nft_trl.embedded import demo
+
+    monkeypatch.setattr(demo, "DEMO_EVAL_PROMPTS", 8)
+    monkeypatch.setattr(demo, "DEMO_SAMPLES_SHOWN", 2)
+    script_args, training_args, model_args = parse_args(
+        ["--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "16"]
+    )
+    assert training_args.learning_rate == demo.DEMO_DEFAULTS["learning_rate"]  # the demo's values fill the defaults
+    main(script_args, training_args, model_args)
+    out = capsys.readouterr().out
+    assert "Before training" in out and "After training" in out
+    assert "Held-out accuracy (8 problems, 4 samples at T=1.0):" in out and "before ->" in out
+    assert (tmp_path / demo.CURVE_FILE).stat().st_size > 0 and (tmp_path / "model.safetensors").exists()

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import benchmarks_dir, cpu_training_args
 
+from nft_trl.data import BOXED_INSTRUCTION
+from nft_trl.embedded.model import build_tiny_model
 from nft_trl.evaluation import (
     BenchmarkEvalCallback,
     SamplingSettings,
@@ -33,13 +36,12 @@ from nft_trl.evaluation import (
     pass_at_k,
     resolve_sampling,
 )
-from nft_trl.evaluation.benchmarks import BOXED_INSTRUCTION, olympiad_gold
+from nft_trl.evaluation.benchmarks import olympiad_gold
 from nft_trl.evaluation.generation import Sample
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_model
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS_DIR = Path(os.environ.get("NFT_TRL_BENCHMARKS_DIR") or REPO_ROOT.parent / "shared" / "data" / "benchmarks")
+BENCHMARKS_DIR = benchmarks_dir()
 needs_benchmarks = pytest.mark.skipif(
     not BENCHMARKS_DIR.is_dir(), reason=f"benchmark files not found at {BENCHMARKS_DIR}"
 )
@@ -47,16 +49,6 @@ SIX = ["aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench"]
 
 
 # ----------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.fixture
 def toy_benchmark(tmp_path):
     """Four problems with integer answers, in the generic (problem, answer) format."""
@@ -271,19 +263,19 @@ def test_scripted_answers_give_exact_metrics(toy_benchmark, tiny_tokenizer, tmp_
 
 
 def test_cli_help_and_flags(capsys):
-    from nft_trl.cli import build_parser
+    from nft_trl.cli.main import build_eval_parser
 
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(["eval", "--help"])
+        build_eval_parser().parse_args(["--help"])
     assert exit_info.value.code == 0 and "--preset {paper,paper-32b,standard}" in capsys.readouterr().out
-    args = build_parser().parse_args(["eval", "--model", "m", "--temperature", "1.0"])
+    args = build_eval_parser().parse_args(["--model", "m", "--temperature", "1.0"])
     assert (args.n, args.temperature, args.top_p, args.preset) == (None, 1.0, None, "paper")  # None: keep the preset's
 
 
 @needs_benchmarks
-def test_cli_end_to_end_on_real_files(tiny_model_dir, tmp_path):
+def test_cli_end_to_end_on_real_files(tiny_model_path, tmp_path):
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "nft_trl.cli", "eval", "--model", str(tiny_model_dir), "--benchmarks", ",".join(SIX)]
+    cmd = [sys.executable, "-m", "nft_trl.cli", "eval", "--model", str(tiny_model_path), "--benchmarks", ",".join(SIX)]
     cmd += [
         "--data_dir",
         str(BENCHMARKS_DIR),
@@ -303,7 +295,7 @@ def test_cli_end_to_end_on_real_files(tiny_model_dir, tmp_path):
     assert "| **average (paper's six)** |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     settings = results["settings"]
-    assert settings["model"] == str(tiny_model_dir) and settings["backend"] == "transformers"
+    assert settings["model"] == str(tiny_model_path) and settings["backend"] == "transformers"
     assert settings["verifier"]["name"] == "nft_trl.rewards.verifier.math_verifier"
     assert settings["package_versions"]["torch"] == torch.__version__
     assert set(results["benchmarks"]) == set(SIX)
@@ -435,28 +427,18 @@ def test_vllm_generator_against_a_stub_vllm(monkeypatch, tiny_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------------- callback
-def test_callback_logs_next_to_nft_metrics(toy_benchmark, tiny_model_dir, tmp_path):
+def test_callback_logs_next_to_nft_metrics(toy_benchmark, tiny_model_path, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nft_trl import NFTConfig, NFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     train = Dataset.from_list([{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(8)])
-    config = NFTConfig(
-        output_dir=str(tmp_path / "nft"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=2,
-        num_generations=2,
-        max_completion_length=4,
-        max_steps=3,
-        logging_steps=100,  # the callback must force its own log lines
-        save_strategy="no",
-        seed=0,
-    )
+    settings = dict(per_device_train_batch_size=2, num_generations=2, max_completion_length=4, max_steps=3)
+    # logging_steps: the callback must force its own log lines.
+    config = NFTConfig(**cpu_training_args(tmp_path / "nft", **settings, logging_steps=100))
     callback = BenchmarkEvalCallback([f"toy={toy_benchmark}"], eval_steps=2, limit=2, n=2, max_tokens=4)
     trainer = NFTTrainer(
         model=model,

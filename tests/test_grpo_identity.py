@@ -3,12 +3,13 @@
 import math
 
 import pytest
+from conftest import cpu_training_args
 from datasets import Dataset
 from torch.testing import assert_close
 from trl import GRPOConfig, GRPOTrainer
 
 from nft_trl import NFTConfig, NFTTrainer
-from nft_trl.tiny import build_tiny_model
+from nft_trl.embedded.model import build_tiny_model
 
 
 NUM_GENERATIONS = 4
@@ -29,12 +30,7 @@ def prompts():
 
 
 def common_args(tmp_path, name, **overrides):
-    args = dict(
-        output_dir=str(tmp_path / name),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=8,
+    settings = dict(
         num_generations=NUM_GENERATIONS,
         max_completion_length=6,
         max_steps=1,
@@ -43,13 +39,8 @@ def common_args(tmp_path, name, **overrides):
         lr_scheduler_type="constant",
         weight_decay=0.0,
         max_grad_norm=0.0,  # no clipping: the step is exactly -lr * gradient
-        save_strategy="no",
-        logging_steps=1,
-        gradient_checkpointing=False,
-        seed=0,
     )
-    args.update(overrides)
-    return args
+    return cpu_training_args(tmp_path / name, **{**settings, **overrides})
 
 
 def one_step_delta(trainer_cls, config, tokenizer, reward):

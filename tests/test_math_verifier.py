@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from nft_trl import make_math_verifier, math_verifier
-from nft_trl.rewards.verifier import extract_last_boxed, get_default_pool, normalize_answer
+from nft_trl.rewards.answers import extract_last_boxed, normalize_answer
+from nft_trl.rewards.pool import get_default_pool
 
 
 # `nft_trl.math_verifier` as an attribute is the reward function (the package re-exports it); this is the module.
@@ -496,10 +497,6 @@ def test_several_processes_each_keep_the_timeout():
 # Real data: every gold answer of the shared benchmark files, boxed, is graded correct against itself
 # ---------------------------------------------------------------------------------------------------------------
 
-# Golds math-verify cannot grade against themselves, with the reason. Empty at present (math-verify 0.9.0,
-# latex2sympy2_extended 1.11); the test fails on any gold that fails and is not listed here.
-KNOWN_FAILING_GOLDS: dict[str, str] = {}
-
 
 def _benchmark_golds(path: Path) -> list[str]:
     """The gold answers of one benchmark file (see the folder's README for the fields)."""
@@ -531,4 +528,4 @@ def test_real_gold_answers_are_graded_correct_against_themselves(path):
     rewards = verifier(completions, solution=golds)
     failing = {answer for answer, reward in zip(answers, rewards, strict=True) if reward != 1.0}
     print(f"\n[{path.stem}] {len(golds) - sum(r != 1.0 for r in rewards)}/{len(golds)} golds graded correct")
-    assert failing <= set(KNOWN_FAILING_GOLDS), f"new failures: {sorted(failing - set(KNOWN_FAILING_GOLDS))}"
+    assert not failing, f"golds not graded correct against themselves: {sorted(failing)}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cpu_training_args
 from datasets import Dataset
 from torch.testing import assert_close
 
@@ -32,23 +33,8 @@ def math_dataset(n=8):
 
 
 def config(tmp_path, **overrides):
-    args = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=0.05,
-        save_strategy="no",
-        logging_steps=1,
-        gradient_checkpointing=False,
-        seed=0,
-    )
-    args.update(overrides)
-    return NFTConfig(**args)
+    settings = dict(max_completion_length=6, max_steps=2, learning_rate=0.05)
+    return NFTConfig(**cpu_training_args(tmp_path / "out", **{**settings, **overrides}))
 
 
 def make_trainer(model, tokenizer, args, reward=first_token_mod3, **kwargs):

@@ -8,7 +8,7 @@ from authors_settings import PAPER_RECIPES, SETTINGS, derived
 from trl import GRPOConfig
 
 from nft_trl import NFTConfig
-from nft_trl.preflight import RECIPES_DIR, shipped_recipes
+from nft_trl.cli.preflight import RECIPES_DIR, shipped_recipes
 from nft_trl.rewards.verifier import extract_dapo_strict_box
 
 
@@ -57,7 +57,7 @@ def test_recipe_values_survive_the_config_class(recipe):
 
 def test_the_verdict_is_the_authors_rule():
     """The recipes' `dapo_strict_box` reward reads the answer the authors' rule reads (see test_math_verifier)."""
-    from nft_trl.scripts.train_nft import resolve_reward_funcs
+    from nft_trl.cli.train import resolve_reward_funcs
 
     (verdict,) = resolve_reward_funcs(["dapo_strict_box"])
     assert verdict.__name__ == "dapo_strict_box" and verdict.mode == "dapo_strict_box"

@@ -28,20 +28,18 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from nft_trl.data import BOXED_INSTRUCTION
+from nft_trl.rewards.answers import extract_last_boxed
 
 
 logger = logging.getLogger(__name__)
 
 BENCHMARKS_DIR_ENV = "NFT_TRL_BENCHMARKS_DIR"
 HASH_CHUNK_BYTES = 1 << 20
-
-# The instruction the paper's prompts end with (Qwen2.5-Math's "boxed" prompt); see `generation.py`.
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-_BOXED = "\\boxed"
 
 
 @dataclass(frozen=True)
@@ -118,40 +116,6 @@ class Benchmark:
         }
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces balanced; `None` when there is none."""
-    start = max(text.rfind(_BOXED + "{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
-    return None
-
-
-_SPACES = re.compile(r"\s+")
-_SIZING = re.compile(r"\\(left|right|!|,|;|:)")
-
-
-def normalize_answer(answer: str | None) -> str | None:
-    """A light canonical form for majority voting: no spaces, `$`, `\\left`/`\\right`, thin spaces or final period.
-
-    Only used to group equal answers; correctness is always decided by the verifier.
-    """
-    if answer is None:
-        return None
-    text = _SIZING.sub("", answer)
-    text = _SPACES.sub("", text).replace("$", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    text = text.rstrip(".")
-    return text or None
-
-
 def _to_text(value: Any) -> str:
     """Answers as strings; integral floats (AMC23 stores `27.0`) without their `.0`."""
     if isinstance(value, float) and value.is_integer():
@@ -200,7 +164,7 @@ def gold_answer(row: dict[str, Any], answer_format: str, benchmark: str = "?") -
     if answer_format == "minerva" or (answer_format == "auto" and "answer" not in row):
         column = _require(row, ("solution", "answer"), "answer", benchmark)
         if column == "solution":
-            return last_boxed(str(row[column])) or ""
+            return (extract_last_boxed(str(row[column])) or "").strip()
         return _to_text(row[column])
     if answer_format == "gsm8k" or (
         answer_format == "auto" and GSM8K_ANSWER_MARKER in str(row.get("answer", "")).rsplit("\n", 1)[-1]

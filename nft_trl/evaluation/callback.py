@@ -33,7 +33,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .benchmarks import BOXED_INSTRUCTION, Benchmark, load_benchmark
+from nft_trl.data import BOXED_INSTRUCTION
+
+from .benchmarks import Benchmark, load_benchmark
 from .generation import TransformersGenerator
 from .runner import average_of, evaluate_benchmark, load_verifier, resolve_sampling, summarize
 

@@ -6,7 +6,7 @@ added (`add_special_tokens=False`); a raw prompt gets the tokenizer's usual ones
 Sampling uses only the settings given here (`top_k` off, no repetition penalty): a model's own
 `generation_config.json` defaults are deliberately ignored so that the two backends and the paper's setup agree.
 
->>> from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer
+>>> from nft_trl.embedded.tokenizer import build_tiny_model, build_tiny_tokenizer
 >>> tokenizer = build_tiny_tokenizer()
 >>> generator = TransformersGenerator(build_tiny_model(tokenizer), tokenizer)
 >>> prompt = build_prompt("What is 1 + 1?", tokenizer)
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .benchmarks import BOXED_INSTRUCTION
+from nft_trl.data import BOXED_INSTRUCTION
 
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,12 @@ class TransformersGenerator:
         self,
         prompts: Sequence[str],
         sampling: SamplingSettings,
-        seeds: Sequence[int],
+        seeds: Sequence[int] | None,
         *,
         add_special_tokens: bool = False,
     ) -> list[list[Sample]]:
+        """`n` samples per prompt; the RNG is seeded with `seeds[i]` before the batch that starts at prompt `i`
+        (`seeds=None` samples from the current RNG state)."""
         from transformers import GenerationConfig
 
         greedy = sampling.temperature == 0
@@ -158,7 +160,8 @@ class TransformersGenerator:
                     batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
                 )
                 inputs = inputs.to(self.model.device)
-                torch.manual_seed(seeds[start])
+                if seeds is not None:
+                    torch.manual_seed(seeds[start])
                 output = self.model.generate(**inputs, generation_config=config)
                 completions = output[:, inputs["input_ids"].shape[1] :].cpu()
                 for i in range(len(batch)):

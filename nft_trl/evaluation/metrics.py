@@ -13,6 +13,7 @@ problems one problem moves the score by 3.3 points whatever `n` is.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -21,6 +22,9 @@ import numpy as np
 
 DEFAULT_BOOTSTRAP_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
+
+_SPACES = re.compile(r"\s+")
+_SIZING = re.compile(r"\\(left|right|!|,|;|:)")
 
 
 def mean_at_k(scores: Sequence[float]) -> float:
@@ -46,10 +50,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def voting_key(answer: str | None) -> str | None:
+    """The form in which final answers vote for maj@k: no spaces, `$`, `\\left`/`\\right`, thin spaces or final period.
+
+    Only groups answers spelt alike; correctness is always decided by the verifier (`math_verifier`'s own
+    `normalize_answer` is its strict-mode match, which also drops `x =`, units and `\\text{}`).
+    """
+    if answer is None:
+        return None
+    text = _SIZING.sub("", answer)
+    text = _SPACES.sub("", text).replace("$", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = text.rstrip(".")
+    return text or None
+
+
 def majority_answer(answers: Sequence[str | None]) -> str | None:
     """The most frequent non-empty answer; ties go to the answer whose first occurrence comes first.
 
-    Answers are compared as strings (after `normalize_answer`, which callers apply). `None` (no final answer) does not
+    Answers are compared as strings (after `voting_key`, which callers apply). `None` (no final answer) does not
     vote. Returns `None` when no sample has an answer. The tie rule depends only on the sample order, which is fixed
     by the seed, so maj@k is deterministic.
     """

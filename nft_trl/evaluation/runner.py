@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nft_trl.data import BOXED_INSTRUCTION
+from nft_trl.rewards.answers import extract_last_boxed
+
 from . import metrics
-from .benchmarks import BOXED_INSTRUCTION, PAPER_BENCHMARKS, Benchmark, Problem, last_boxed, load_benchmark
-from .benchmarks import normalize_answer as _normalize
+from .benchmarks import PAPER_BENCHMARKS, Benchmark, Problem, load_benchmark
 from .generation import SamplingSettings, TransformersGenerator, VLLMGenerator, build_prompt, is_vllm_available
 
 
@@ -211,7 +213,7 @@ def score_problem(
     """Verifier scores (or `None` when the gold answer is unusable) and normalised final answers of one problem."""
     raw = verifier(list(texts), [problem.answer] * len(texts)) if problem.answer else [None] * len(texts)
     scores = None if any(s is None for s in raw) else [float(s) for s in raw]
-    return scores, [_normalize(last_boxed(t)) for t in texts]
+    return scores, [metrics.voting_key(extract_last_boxed(t)) for t in texts]
 
 
 def problem_metrics(scores: list[float], answers: list[str | None]) -> dict[str, float]:

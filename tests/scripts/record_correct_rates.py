@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import zlib
+from pathlib import Path
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,7 +18,12 @@ os.environ.setdefault("CI", "true")
 from datasets import Dataset  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from nft_trl.embedded.model import build_tiny_model  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_tokenizer  # noqa: E402
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+from conftest import cpu_training_args  # noqa: E402
 
 
 calls = []
@@ -43,17 +49,13 @@ def main(out_dir):
     model = build_tiny_model(tokenizer, seed=0)
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"prompt {i}"}] for i in range(24)]})
     args = NFTConfig(
-        output_dir=os.path.join(out_dir, "run"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=6,
-        num_generations=4,
-        max_completion_length=4,
-        max_steps=2,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
+        **cpu_training_args(
+            os.path.join(out_dir, "run"),
+            per_device_train_batch_size=6,
+            num_generations=4,
+            max_completion_length=4,
+            max_steps=2,
+        )
     )
     trainer = RecordingNFTTrainer(
         model, reward_funcs=[text_parity], args=args, train_dataset=dataset, processing_class=tokenizer

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,7 +19,12 @@ os.environ.setdefault("CI", "true")
 from datasets import Dataset  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
-from nft_trl.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from nft_trl.embedded.model import build_tiny_model  # noqa: E402
+from nft_trl.embedded.tokenizer import build_tiny_tokenizer  # noqa: E402
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+from conftest import cpu_training_args  # noqa: E402
 
 
 GLOBAL_ROWS = 12
@@ -44,19 +50,15 @@ def main(out_dir):
     model = build_tiny_model(tokenizer, seed=0)
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"prompt {i}"}] for i in range(30)]})
     args = NFTConfig(
-        output_dir=os.path.join(out_dir, "run"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=GLOBAL_ROWS // world,
-        num_generations=4,
-        max_completion_length=4,
-        max_steps=2,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        dynamic_sampling=True,
-        max_sampling_rounds=8,
-        seed=0,
+        **cpu_training_args(
+            os.path.join(out_dir, "run"),
+            per_device_train_batch_size=GLOBAL_ROWS // world,
+            num_generations=4,
+            max_completion_length=4,
+            max_steps=2,
+            dynamic_sampling=True,
+            max_sampling_rounds=8,
+        )
     )
     records = []
 

@@ -1,8 +1,9 @@
 """The embedded offline demo: NFT on the built-in model and task, with held-out accuracy before and after.
 
-`accelerate launch examples/train_nft.py` (or `nft-trl train`) with no model runs this: it builds (once, cached) the
-small model of `nft_trl.embedded`, trains it with NFT on the embedded task on CPU, prints a few graded completions,
-the held-out accuracy before and after training, and writes a PNG learning curve to the output directory.
+`accelerate launch examples/train_nft.py` (or `nft-trl train`) with no model runs this: it loads the shipped model of
+`nft_trl.embedded`, trains it with NFT on the embedded task on CPU, prints a few graded completions, the held-out
+accuracy before and after training, and writes a PNG learning curve to the output directory (about 2 minutes on two
+CPU cores).
 
 Every field the user leaves at its default gets the demo's value from `DEMO_DEFAULTS`; anything given on the command
 line or in a recipe wins.
@@ -17,18 +18,22 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .embedded import embedded_path, evaluate_accuracy, make_dataset
+from nft_trl.evaluation.accuracy import evaluate_accuracy
+
+from .model import embedded_path
+from .task import make_dataset
 
 
 logger = logging.getLogger(__name__)
 
-#: Training settings of the demo (fields of NFTConfig), sized for 2 CPU cores and a few minutes.
+#: Training settings of the demo (fields of NFTConfig), sized for 2 CPU cores and about two minutes: 40 steps take the
+#: held-out accuracy from about 53% to about 60%, enough to see learning (more steps keep climbing, noisily).
 DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/nft-embedded-demo",
     "learning_rate": 2e-4,
     "lr_scheduler_type": "constant",
     "warmup_steps": 0,
-    "max_steps": 100,
+    "max_steps": 40,
     "per_device_train_batch_size": 64,
     "num_generations": 8,
     "max_completion_length": 16,
@@ -41,7 +46,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 DEMO_TRAIN_PROMPTS = 4_000
 DEMO_EVAL_PROMPTS = 256
-DEMO_EVAL_EVERY = 20  # optimizer steps between two points of the learning curve
+DEMO_EVAL_EVERY = 10  # optimizer steps between two points of the learning curve
 DEMO_EVAL_SAMPLES = 4  # sampled answers per held-out problem, at the training temperature
 DEMO_SAMPLES_SHOWN = 4
 CURVE_FILE = "learning_curve.png"
@@ -102,7 +107,7 @@ def load_demo(training_args):
     """The embedded model's local path, its tokenizer, the training prompts and the held-out set."""
     from transformers import AutoTokenizer
 
-    path = str(embedded_path())  # builds and caches the model on first use (a few minutes, with a progress bar)
+    path = str(embedded_path())  # the shipped model (loaded in float32, the dtype of its config)
     tokenizer = AutoTokenizer.from_pretrained(path)
     train = make_dataset("train", DEMO_TRAIN_PROMPTS, seed=training_args.seed)
     held_out = make_dataset("test", DEMO_EVAL_PROMPTS, seed=0)
@@ -122,15 +127,12 @@ def report(callback: HeldOutAccuracyCallback, output_dir: str) -> dict[str, floa
     before, after = callback.curve[0][1], callback.curve[-1][1]
     how = "greedy" if callback.temperature == 0 else f"{callback.num_samples} samples at T={callback.temperature}"
     print(f"\nHeld-out accuracy ({len(callback.dataset)} problems, {how}): {before:.1%} before -> {after:.1%} after")
-    path = Path(output_dir) / CURVE_FILE
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no learning-curve plot (pip install matplotlib)")
-        return {"before": before, "after": after}
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(output_dir) / CURVE_FILE
     steps, accuracy = zip(*callback.curve, strict=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [100 * a for a in accuracy], marker="o")

@@ -1,24 +1,30 @@
-"""Train a model with NFT (or a GRPO/DAPO/RFT baseline) on a math dataset, from a YAML recipe and/or flags.
+"""The training script: NFT (or a GRPO/DAPO/RFT baseline) on a math dataset, from a YAML recipe and/or flags.
 
-Launched by `nft-trl train --config recipe.yaml` through `accelerate launch`; it can also be run directly:
+Launched by `nft-trl train --config recipe.yaml` through `accelerate launch`; it can also be run directly (this is
+what `examples/train_nft.py` runs):
 
-    accelerate launch --config_file nft_trl/accelerate_configs/zero3.yaml nft_trl/scripts/train_nft.py \
+    accelerate launch --config_file nft_trl/accelerate_configs/zero3.yaml nft_trl/cli/train.py \
         --config nft_trl/recipes/Qwen2.5-Math-7B/nft/config_paper.yaml
 
 Arguments are three dataclasses parsed by TRL's `TrlParser`: `NFTScriptArguments` (data, rewards, which trainer),
-`NFTConfig` (training) and TRL's `ModelConfig` (model loading, LoRA). `--help` lists them all.
+the training config and TRL's `ModelConfig` (model loading, LoRA). The training config is `NFTConfig` for
+`method: nft` and TRL's plain `GRPOConfig` for `method: grpo` (the GRPO and DAPO baselines run through TRL's own
+`GRPOTrainer`, untouched by NFT's validation). `--help` lists them all. A key that is none of their fields, nor an
+option of the launcher or of `accelerate launch`, stops the run with the field it probably meant.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import importlib
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from trl import GRPOConfig, ModelConfig, TrlParser
 
 from nft_trl.algorithm.config import NFTConfig
@@ -32,11 +38,17 @@ REWARD_FUNCS = {
     "math_verifier": "nft_trl.rewards.verifier.math_verifier",
     "dapo_strict_box": "nft_trl.rewards.verifier.dapo_strict_box",
 }
+#: The training config of each `method`.
+CONFIG_CLASSES: dict[str, type[GRPOConfig]] = {"nft": NFTConfig, "grpo": GRPOConfig}
+
+
+class RecipeError(ValueError):
+    """A recipe or a flag that cannot be used; the message names the file or key and what to change."""
 
 
 @dataclass
 class NFTScriptArguments:
-    """Data, rewards and trainer choice of the training script (the training hyper-parameters are in `NFTConfig`)."""
+    """Data, rewards and trainer choice of the training script (training hyper-parameters: the training config)."""
 
     dataset_name: str | None = field(
         default=None,
@@ -85,8 +97,9 @@ class NFTScriptArguments:
     method: str = field(
         default="nft",
         metadata={
-            "help": "'nft': NFTTrainer (NFT, or RFT with negative_weight 0). 'grpo': TRL's GRPOTrainer for the "
-            "GRPO / Dr. GRPO / DAPO baselines (loss_type, epsilon_high, scale_rewards); NFT-only fields are ignored.",
+            "help": "'nft': NFTTrainer with NFTConfig (NFT, or RFT with negative_weight 0). 'grpo': TRL's "
+            "GRPOTrainer with a plain GRPOConfig, for the GRPO / Dr. GRPO / DAPO baselines (loss_type, epsilon_high, "
+            "scale_rewards); NFT-only fields are unknown keys there.",
             "choices": ["nft", "grpo"],
         },
     )
@@ -108,15 +121,7 @@ def resolve_reward_funcs(names: list[str]) -> list[Any]:
     return funcs
 
 
-def grpo_config_from(args: NFTConfig) -> GRPOConfig:
-    """The same run as a `GRPOConfig`, for the GRPO / DAPO baselines (NFT-only fields dropped)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(GRPOConfig) if f.init}
-    # GRPOConfig derives generation_batch_size from steps_per_generation and refuses both at once.
-    values["generation_batch_size"] = None
-    return GRPOConfig(**values)
-
-
-def load_datasets(script_args: NFTScriptArguments, training_args: NFTConfig, tokenizer: Any):
+def load_datasets(script_args: NFTScriptArguments, training_args: GRPOConfig, tokenizer: Any):
     from nft_trl.data import filter_long_prompts, load_math_dataset
 
     def load(split: str):
@@ -145,7 +150,7 @@ def load_datasets(script_args: NFTScriptArguments, training_args: NFTConfig, tok
     return train, eval_dataset
 
 
-def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: ModelConfig) -> None:
+def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
     from transformers import AutoTokenizer
     from trl import GRPOTrainer, get_peft_config, get_quantization_config
 
@@ -156,8 +161,8 @@ def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: 
     )
     demo = None
     if model_args.model_name_or_path is None:
-        # The embedded offline demo: the built-in model and task (nft_trl.demo, nft_trl.embedded).
-        from nft_trl import demo as demo_module
+        # The embedded offline demo: the shipped model and its task (nft_trl.embedded).
+        from nft_trl.embedded import demo as demo_module
 
         model, tokenizer, train_dataset, held_out = demo_module.load_demo(training_args)
         eval_dataset = None
@@ -187,14 +192,12 @@ def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: 
         train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer)
     logger.info("Training on %d questions (%s)", len(train_dataset), script_args.dataset_name)
 
-    if script_args.method == "grpo":
-        trainer_class, args = GRPOTrainer, grpo_config_from(training_args)
-    else:
-        trainer_class, args = NFTTrainer, training_args
+    # `training_args` is a GRPOConfig for method grpo (see `make_parser`), an NFTConfig for method nft.
+    trainer_class = GRPOTrainer if script_args.method == "grpo" else NFTTrainer
     trainer = trainer_class(
         model=model,
         reward_funcs=resolve_reward_funcs(script_args.reward_funcs),
-        args=args,
+        args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -211,25 +214,101 @@ def main(script_args: NFTScriptArguments, training_args: NFTConfig, model_args: 
     logger.info("Model saved to %s", training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
-        trainer.end()
+    # Every rank waits for the final save before the process group goes away (gloo can abort a rank that tears down
+    # while another still talks to it).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # finish the trackers and destroy the process group
 
 
-def make_parser(config_class: type[NFTConfig] = NFTConfig, prog: str | None = None) -> TrlParser:
+def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping of a YAML file (a recipe, an accelerate config); `RecipeError` with the file, line and column when
+    the YAML is malformed."""
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        raise RecipeError(f"{where}: malformed YAML: {problem}{f' ({context})' if context else ''}.") from None
+    except OSError as error:
+        raise RecipeError(f"Cannot read {path}: {error.strerror or error}.") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: expected a YAML mapping of `key: value` lines, not a {type(values).__name__}.")
+    return values
+
+
+def requested_method(argv: list[str], recipe: dict[str, Any] | None = None) -> str:
+    """The `method` of a run: the `--method` flag, else the recipe's `method` (`recipe`, else read from `--config`),
+    else "nft"."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--method")
+    pre.add_argument("--config")
+    flags, _ = pre.parse_known_args(argv)
+    if recipe is None:
+        recipe = read_recipe(flags.config) if flags.config else {}
+    method = flags.method if flags.method is not None else recipe.get("method", "nft")
+    if method not in CONFIG_CLASSES:
+        raise RecipeError(f"method={method!r} is not supported: use 'nft' or 'grpo'.")
+    return method
+
+
+def make_parser(config_class: type[GRPOConfig] = NFTConfig, prog: str | None = None) -> TrlParser:
     return TrlParser((NFTScriptArguments, config_class, ModelConfig), prog=prog)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[NFTScriptArguments, NFTConfig, ModelConfig]:
-    """Parse flags and `--config`; without a model, fields left at their defaults get the embedded demo's values."""
-    # Keys of the recipe that are not fields (e.g. num_processes, accelerate_config) were for the launcher.
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv, fail_with_unknown_args=False)[
-        :3
-    ]
-    if model_args.model_name_or_path is None:
-        from nft_trl.demo import demo_defaults
+def cpu_rehearsal_defaults() -> dict[str, Any]:
+    """`{"use_cpu": True}` in a process accelerate started with DeepSpeed on a machine without GPUs, else `{}`.
 
-        parser = make_parser()
-        parser.set_defaults(**demo_defaults())  # below the recipe's values and the flags, above the dataclasses'
+    There accelerate picks no distributed backend (it does so only for GPUs and other accelerators): the Trainer sees
+    one process while DeepSpeed sees all of them, and DeepSpeed stops with "Check batch related parameters.
+    train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size" (or, first, with a bf16
+    mismatch against the accelerate config). `use_cpu=True` starts the processes over gloo, DeepSpeed runs on its CPU
+    accelerator, and bf16 follows the accelerate config: a CPU rehearsal of a cluster recipe. It is a default, so a
+    recipe's or a flag's `use_cpu` still wins.
+    """
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or torch.cuda.is_available():
+        return {}
+    if os.environ.get("RANK", "0") == "0":
+        print(
+            "DeepSpeed on a machine without GPUs: a CPU rehearsal (use_cpu=True: gloo, DeepSpeed's CPU accelerator)."
+        )
+    return {"use_cpu": True}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[NFTScriptArguments, GRPOConfig, ModelConfig]:
+    """Parse flags and `--config`; without a model, fields left at their defaults get the embedded demo's values.
+
+    The training config is `CONFIG_CLASSES[method]`. Keys that are not fields must be options of the launcher or of
+    `accelerate launch` (a recipe holds `num_processes` or `accelerate_config` for `nft-trl train`); any other key
+    exits with the field it probably meant.
+    """
+    from nft_trl.cli.launch import unknown_key_problems
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config_class = CONFIG_CLASSES[requested_method(argv)]
+    except RecipeError as error:
+        raise SystemExit(f"ERROR: {error}") from None
+    launch_defaults = cpu_rehearsal_defaults()
+    parser = make_parser(config_class)
+    parser.set_defaults(**launch_defaults)  # below the recipe's values and the flags
+    *parsed, config_remaining, cli_remaining = parser.parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    problems = unknown_key_problems(config_remaining, cli_remaining, config_class)
+    if problems:
+        raise SystemExit("\n".join(f"ERROR: {p}" for p in problems))
+    script_args, training_args, model_args = parsed
+    if model_args.model_name_or_path is None:
+        from nft_trl.embedded.demo import demo_defaults
+
+        parser = make_parser(config_class)
+        parser.set_defaults(**{**launch_defaults, **demo_defaults()})  # below the recipe's values and the flags
         script_args, training_args, model_args = parser.parse_args_and_config(argv, fail_with_unknown_args=False)[:3]
     return script_args, training_args, model_args
 

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from transformers.utils import is_torch_bf16_gpu_available
+from trl import GRPOConfig
 
-from .algorithm.config import NFTConfig
+from nft_trl.algorithm.config import NFTConfig
+
+from .train import read_recipe
 
 
 GB = 1e9  # memory is reported in GB (10^9 bytes), as GPU vendors state it (an H100 has 80 GB)
@@ -32,8 +36,8 @@ LOGITS_BYTES_PER_ELEMENT = 6
 #: CUDA context, NCCL buffers and allocator fragmentation: a flat allowance.
 FRAMEWORK_OVERHEAD_GB = 3.0
 
-ACCELERATE_CONFIGS_DIR = Path(__file__).parent / "accelerate_configs"
-RECIPES_DIR = Path(__file__).parent / "recipes"
+ACCELERATE_CONFIGS_DIR = Path(__file__).parents[1] / "accelerate_configs"
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 
 
 class PreflightError(ValueError):
@@ -127,6 +131,35 @@ KNOWN_MODELS: dict[str, ModelShape] = {
 }
 
 
+def missing_model_folder(name_or_path: str) -> str | None:
+    """The problem with a model argument that names a local folder which does not exist, else `None`.
+
+    The rule that tells a local path from a Hub id: a value that exists is local; a value that does not is read as a
+    local path when it starts with `.`, `/` or `~`, ends with `/`, holds a backslash or the OS path separator beyond
+    one `owner/name` slash (two or more slashes), or when its first part is an existing folder (`outputs/ckpt`
+    with `outputs/` present); anything else (`name` or `owner/name`, e.g. `Qwen/Qwen2.5-Math-7B`) is a Hub id and is
+    checked by the Hub when the model is loaded.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return None
+    parts = name_or_path.split("/")
+    local = (
+        name_or_path.startswith((".", "/", "~"))
+        or name_or_path.endswith("/")
+        or "\\" in name_or_path
+        or (os.sep != "/" and os.sep in name_or_path)
+        or len(parts) > 2
+        or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir())
+    )
+    if not local:
+        return None
+    return (
+        f"the model folder {name_or_path} does not exist ({path.resolve()}). Give an existing checkpoint folder, "
+        "or a Hub id of the form owner/name."
+    )
+
+
 def model_shape(name_or_path: str | None) -> tuple[ModelShape | None, str]:
     """The shape of a model and where it came from: a local `config.json`, else `KNOWN_MODELS`, else `None`."""
     if not name_or_path:
@@ -210,8 +243,7 @@ def launch_from(accelerate_config: str | None, num_processes: int | None) -> Lau
     """The launch an accelerate config describes; `num_processes` overrides the config's count."""
     if accelerate_config is None:
         return Launch(num_processes=num_processes or 1)
-    path = resolve_accelerate_config(accelerate_config)
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_recipe(resolve_accelerate_config(accelerate_config))
     ds = config.get("deepspeed_config") or {}
     is_deepspeed = config.get("distributed_type") == "DEEPSPEED"
     return Launch(
@@ -223,12 +255,15 @@ def launch_from(accelerate_config: str | None, num_processes: int | None) -> Lau
     )
 
 
-def config_class_for_world_size(world_size: int, config_class: type[NFTConfig] = NFTConfig) -> type[NFTConfig]:
-    """`config_class` as the launched processes will see it: `world_size` processes, and the batch arithmetic checked
-    (with fixes named) before the config's own `__post_init__` validates it.
+def config_class_for_world_size(world_size: int, config_class: type[GRPOConfig] = NFTConfig) -> type[GRPOConfig]:
+    """`config_class` (`NFTConfig`, or `GRPOConfig` for the baselines) as the launched processes will see it:
+    `world_size` processes, and the batch arithmetic checked (with fixes named) before the config's own
+    `__post_init__` validates it.
 
     The launcher process is a single process: building the config there directly would check the batch sizes as if
-    the launch had one process. This subclass reports `world_size` without starting any process group.
+    the launch had one process. This subclass reports `world_size` without starting any process group. The launching
+    machine may have no GPU (a login node, a laptop running `nft-trl check`): GRPOConfig's default bf16 is then left
+    off here, since the launched processes check their own hardware.
     """
 
     class LaunchConfig(config_class):
@@ -240,6 +275,8 @@ def config_class_for_world_size(world_size: int, config_class: type[NFTConfig] =
             problems = batch_problems(self, world_size)
             if problems:
                 raise PreflightError(problems)
+            if self.bf16 is None and not self.fp16 and not is_torch_bf16_gpu_available():
+                self.bf16 = False
             super().__post_init__()
 
     LaunchConfig.__name__ = LaunchConfig.__qualname__ = config_class.__name__
@@ -586,6 +623,9 @@ def preflight(
     shape, source = model_shape(model)
     report.lines.append(f"Launch: {launch.description}")
     report.lines.append(f"Trainer: {getattr(script_args, 'method', 'nft')}; model: {model}")
+    missing = missing_model_folder(model) if model else None
+    if missing:
+        report.errors.append(f"model_name_or_path: {missing}")
     report.lines.append("Batch arithmetic:")
     arith = arithmetic(training_args, n, max_prompt_length)
     report.lines.extend(f"  {line}" for line in arith.lines())

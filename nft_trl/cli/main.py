@@ -1,0 +1,166 @@
+"""The `nft-trl` command: one dispatcher (`main`) for its four sub-commands.
+
+    nft-trl train --config Qwen2.5-Math-7B/nft/config_paper [--any_field value ...] [--any accelerate flag ...]
+    nft-trl check --config Qwen2.5-Math-7B/nft/config_paper [--num_processes N] [--gpu_memory_gb 80]
+    nft-trl eval --model PATH --benchmarks aime24,aime25,amc23,math500,minerva,olympiadbench --preset paper
+    nft-trl vllm-serve --model Qwen/Qwen2.5-Math-7B [--tensor_parallel_size 1] ...
+
+`train`, `check` and `vllm-serve` live in `nft_trl.cli.launch`; `eval` is below. `python -m nft_trl.cli ...` is the
+same without the console script (pyproject: `nft-trl = "nft_trl.cli:main"`). Each command takes the arguments after
+its name and returns an exit code; bad input ends with a message that names the fix, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    from nft_trl.evaluation import PAPER_BENCHMARKS, PRESETS
+
+    p = argparse.ArgumentParser(
+        prog="nft-trl eval",
+        description="Evaluate a checkpoint the paper's way (avg@k, pass@k, maj@k with 95%% bootstrap intervals). "
+        "Explicit sampling flags override the preset. Rerunning with the same --output_dir resumes: finished "
+        "problems are read back, not regenerated.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="Local checkpoint folder or Hub id (owner/name). A value that starts with '.', '/' or '~', or has more "
+        "than one '/', is a folder and must exist.",
+    )
+    p.add_argument(
+        "--benchmarks",
+        default=",".join(PAPER_BENCHMARKS),
+        help="Comma-separated names (aime24, aime25, amc23, math500, minerva, olympiadbench, gsm8k) or "
+        "name=path/to/file.jsonl or name=owner/dataset[:split] (default: %(default)s).",
+    )
+    p.add_argument(
+        "--preset", default="paper", choices=sorted(PRESETS), help="Sampling protocol (default: %(default)s)."
+    )
+    p.add_argument("--n", type=int, default=None, help="Samples per problem for every benchmark (default: preset).")
+    p.add_argument("--temperature", type=float, default=None, help="Default: preset. 0 means greedy.")
+    p.add_argument("--top_p", type=float, default=None, help="Default: preset.")
+    p.add_argument("--max_tokens", type=int, default=None, help="Max new tokens per completion (default: preset).")
+    p.add_argument("--seed", type=int, default=0, help="Sampling and bootstrap seed (default: %(default)s).")
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "vllm", "transformers"], help="Default auto: vLLM if installed."
+    )
+    p.add_argument(
+        "--prompt_template",
+        default="chat",
+        choices=["chat", "raw"],
+        help="Chat template or raw text (default: %(default)s).",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="Only the first N problems of each benchmark (smoke tests)."
+    )
+    p.add_argument(
+        "--data_dir", default=None, help="Folder of benchmark files (default: $NFT_TRL_BENCHMARKS_DIR, else Hub)."
+    )
+    p.add_argument("--output_dir", default=None, help="Default: outputs/eval/<model folder name>-<preset>.")
+    p.add_argument("--batch_size", type=int, default=None, help="Problems per generate call (and per checkpoint).")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: %(default)s).")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="transformers backend: cuda, cpu, or auto to spread the model over all GPUs (default: cuda if available).",
+    )
+    p.add_argument("--tensor_parallel_size", type=int, default=None, help="vLLM tensor parallelism.")
+    p.add_argument("--gpu_memory_utilization", type=float, default=None, help="vLLM GPU memory fraction.")
+    p.add_argument("--max_model_len", type=int, default=None, help="vLLM context length (prompt + completion).")
+    p.add_argument(
+        "--bootstrap_resamples", type=int, default=1000, help="Bootstrap replicates (default: %(default)s)."
+    )
+    return p
+
+
+def eval_main(argv: list[str]) -> int:
+    """`nft-trl eval`: evaluate a checkpoint on math benchmarks."""
+    from pathlib import Path
+
+    from .preflight import missing_model_folder
+
+    try:
+        args = build_eval_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return exit_code(exit_)
+    missing = missing_model_folder(args.model)
+    if missing:
+        print(f"nft-trl eval: --model: {missing}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from nft_trl.evaluation import evaluate, markdown_table
+
+    output_dir = args.output_dir or str(
+        Path("outputs") / "eval" / f"{Path(args.model.rstrip('/')).name}-{args.preset}"
+    )
+    # Every other flag is a keyword argument of `evaluate` by the same name.
+    options = {key: value for key, value in vars(args).items() if key not in ("model", "benchmarks", "output_dir")}
+    benchmarks = [b for b in args.benchmarks.split(",") if b.strip()]
+    results = evaluate(args.model, benchmarks, output_dir=output_dir, **options)
+    print(markdown_table(results))
+    print(f"Results: {Path(output_dir) / 'results.json'} (samples under {Path(output_dir) / 'samples'})")
+    return 0
+
+
+def exit_code(exit_: SystemExit) -> int:
+    """The exit code an argparse `SystemExit` carries (`--help`: 0, a usage error: 2, a message: 1)."""
+    return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+
+
+def _train(argv: list[str]) -> int:
+    from .launch import train_main
+
+    return train_main(argv)
+
+
+def _check(argv: list[str]) -> int:
+    from .launch import check_main
+
+    return check_main(argv)
+
+
+def _vllm_serve(argv: list[str]) -> int:
+    from .launch import vllm_serve_main
+
+    return vllm_serve_main(argv)
+
+
+#: name -> (function of the arguments after the name, one line for the usage). Imports happen on use: `eval` does not
+#: load the launcher, nor `train` the evaluation.
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (_train, "check a recipe for its launch, then `accelerate launch` the training script"),
+    "check": (_check, "batch arithmetic, consistency and a memory estimate of a recipe, without launching"),
+    "eval": (eval_main, "evaluate a checkpoint on math benchmarks (avg@k, pass@k, maj@k with 95% intervals)"),
+    "vllm-serve": (_vllm_serve, "TRL's vLLM server, for vllm_mode: server (needs nft-trl[vllm])"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: nft-trl COMMAND [ARGS ...]   (nft-trl COMMAND --help for its arguments)", "", "Commands:"]
+    lines += [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        guess = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean {guess[0]!r}?" if guess else ""
+        print(f"nft-trl: unknown command {name!r}.{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return COMMANDS[name][0](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The embedded offline demo: a math task, its tokenizer, a small warmed-up model, and the demo that trains it.
+
+Everything here runs on a laptop CPU and downloads nothing. `task` is two-digit addition with the answer in
+`\\boxed{}` as a TRL conversational dataset; `tokenizer` trains the package's byte-level BPE tokenizers (the task's
+and the tests' tiny one); `model` builds random Qwen2 models and the embedded model, a 3.3M-parameter Qwen2 warmed up
+to about 45% accuracy, which ships with the package (`pretrained/`) so the demo starts at once; `demo` is what
+`accelerate launch examples/train_nft.py` runs with no model: NFT on that model, with held-out accuracy before and
+after and a learning-curve PNG. `python -m nft_trl.embedded build` rebuilds the model deterministically.
+
+>>> from nft_trl.embedded import load_embedded_model, make_dataset
+>>> model, tokenizer = load_embedded_model()
+>>> held_out = make_dataset("test", 256, seed=0)
+"""
+
+from .config import DEFAULT_CONFIG, EmbeddedConfig
+from .model import (
+    CACHE_ENV_VAR,
+    MANIFEST_NAME,
+    SHIPPED_DIR,
+    build_embedded,
+    embedded_path,
+    load_embedded_model,
+    load_manifest,
+)
+from .task import Problem, make_dataset, make_problems
+
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "DEFAULT_CONFIG",
+    "MANIFEST_NAME",
+    "SHIPPED_DIR",
+    "EmbeddedConfig",
+    "Problem",
+    "build_embedded",
+    "embedded_path",
+    "load_embedded_model",
+    "load_manifest",
+    "make_dataset",
+    "make_problems",
+]

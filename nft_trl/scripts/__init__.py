@@ -1,1 +1,0 @@
-"""Training scripts launched by `nft-trl train` (through `accelerate launch`)."""
