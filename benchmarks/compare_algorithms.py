@@ -1,263 +1,417 @@
-"""NFT vs RFT vs GRPO vs Dr. GRPO (and NFT with dynamic sampling) on the embedded task, side by side.
+"""Where does NFT's edge come from? The protocol of `benchmarks/README.md`, run end to end on the embedded task.
 
-    python benchmarks/compare_algorithms.py [--seeds 0 1 2] [--steps 48] [--regimes on off] [--out DIR]
+    python benchmarks/compare_algorithms.py --phase tune     # variant x lr x regime x starting model, validation set
+    python benchmarks/compare_algorithms.py --phase final    # the chosen lr per (variant, regime, model), 5 seeds, test
+    python benchmarks/compare_algorithms.py --phase report   # results.json, results.md and the plots
+    python benchmarks/compare_algorithms.py --phase tune --only variant=nft,rft regime=off --max_cells 4
+    python benchmarks/compare_algorithms.py --pilot --phase tune   # the same grid with tiny settings (seconds a run)
 
-Every run starts from the same embedded model (`nft_trl.embedded`: a small Qwen2 warmed up to ~45% on two-step
-arithmetic) and gets the same generation budget: `--steps` optimizer steps of `--batch` completions each.
-- on-policy: one optimizer step per generated batch (`steps_per_generation=1`);
-- off-policy: `--off_policy_steps` optimizer steps per generated batch, as the paper trains (16 there), so a batch
-  is generated every that many steps, that many times larger.
+The grid is a list of runs ("cells"); each finished cell is written at once to its own JSON file under
+`<out>/cells/`, so a rerun skips the finished cells and a killed run loses at most the cell in progress. The final
+phase runs the cells whose learning rate is already chosen (all their tune cells finished) and says which wait.
+`--phase tune` and `--phase final` end with the report of whatever has finished. The variants, settings and
+statistics are those of the protocol; the report's code is in `compare_report.py` beside this file.
 
-Algorithms: `nft` (NFTTrainer, the paper's defaults), `rft` (NFTTrainer with `negative_weight=0`,
-`prompt_weighting="none"`, the paper's RFT), `grpo` (TRL's GRPOTrainer, `loss_type="grpo"`, std-scaled advantages),
-`dr_grpo` (TRL's GRPOTrainer, `loss_type="dr_grpo"`, `scale_rewards="none"`) and `nft_ds` (NFT with dynamic
-sampling; it generates more than the budget to fill its batches: the extra tokens are reported).
-
-Held-out accuracy: `--samples` answers per problem at T=1 (the training temperature) on `--eval_prompts` held-out
-problems, graded by `math_verifier`, every `--eval_every` steps; greedy accuracy before and after. Prints a table
-(final held-out accuracy mean ± std over seeds, mean policy entropy over training and over its last 5 logs, wall time)
-and writes `results.json`, `results.md` and `curves.png` to `--out`.
+Variants: `nft` (NFTTrainer, the paper's defaults), `rft` (`negative_weight=0`, `prompt_weighting="none"`), `rft_w`
+(`negative_weight=0` with NFT's `1 - r_hat` weighting), `nft_none` and `nft_sqrt` (NFT with
+`prompt_weighting="none"` / `"sqrt_incorrect_odds"`), `grpo` (TRL's GRPOTrainer, `loss_type="grpo"`,
+`scale_rewards="group"`) and `dr_grpo` (`loss_type="dr_grpo"`, `scale_rewards="none"`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import statistics
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("CI", "true")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare_report.py, when run as a script or imported
+
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer, math_verifier  # noqa: E402
-from nft_trl.embedded import embedded_path, make_dataset  # noqa: E402
+from nft_trl.embedded import EmbeddedConfig, embedded_path, make_dataset  # noqa: E402
 from nft_trl.embedded.demo import HeldOutAccuracyCallback  # noqa: E402
-from nft_trl.evaluation import evaluate_accuracy  # noqa: E402
+from nft_trl.evaluation import evaluate_accuracy, pass_at_k  # noqa: E402
+from nft_trl.evaluation.metrics import default_pass_ks  # noqa: E402
 
 
-ALGORITHMS = ("nft", "rft", "grpo", "dr_grpo", "nft_ds")
-REGIMES = ("on", "off")
-# Settings that vary per algorithm; everything else is shared (see `common_settings`).
-ALGORITHM_SETTINGS = {
+logger = logging.getLogger("compare_algorithms")
+
+# name: (trainer, config, the settings that differ from the shared ones)
+VARIANTS = {
     "nft": (NFTTrainer, NFTConfig, {}),
     "rft": (NFTTrainer, NFTConfig, {"negative_weight": 0.0, "prompt_weighting": "none"}),
+    "rft_w": (NFTTrainer, NFTConfig, {"negative_weight": 0.0, "prompt_weighting": "incorrect_rate"}),
+    "nft_none": (NFTTrainer, NFTConfig, {"prompt_weighting": "none"}),
+    "nft_sqrt": (NFTTrainer, NFTConfig, {"prompt_weighting": "sqrt_incorrect_odds"}),
     "grpo": (GRPOTrainer, GRPOConfig, {"loss_type": "grpo", "scale_rewards": "group"}),
     "dr_grpo": (GRPOTrainer, GRPOConfig, {"loss_type": "dr_grpo", "scale_rewards": "none"}),
-    "nft_ds": (NFTTrainer, NFTConfig, {"dynamic_sampling": True, "max_sampling_rounds": 4}),
 }
+# Starting models: independently built embedded models (build seed 1 is the shipped one).
+STARTS = {"build1": EmbeddedConfig(), "build2": EmbeddedConfig(seed=2)}
+PHASE_SPLIT = {"tune": "validation", "final": "test"}
+EVAL_SEED = 0  # every evaluation samples with the same seed, so evaluations of paired runs are paired too
+DATA_SEED = 0  # the rows of the training prompts and of the evaluation sets (the run's seed shuffles the former)
 
 
-def common_settings(opts, regime, seed, output_dir):
-    off = regime == "off"
-    return dict(
+@dataclass(frozen=True)
+class Settings:
+    """Everything the protocol fixes. `PROTOCOL` is the real grid, `PILOT` the same grid with tiny settings."""
+
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    starts: tuple[str, ...] = ("build1", "build2")
+    regimes: tuple[str, ...] = ("on", "off")
+    learning_rates: tuple[float, ...] = (1e-4, 2e-4, 4e-4)
+    tune_seeds: tuple[int, ...] = (100, 101)
+    final_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    steps: int = 100  # optimizer steps per run
+    batch: int = 64  # completions per optimizer step
+    num_generations: int = 8  # answers per prompt
+    off_policy_steps: int = 4  # optimizer steps per generated batch, off-policy
+    max_completion_length: int = 16
+    train_prompts: int = 4_000
+    eval_prompts: int = 256  # problems of the final evaluation (validation or test set)
+    eval_samples: int = 16  # samples per problem at T=1: sampled accuracy and pass@k up to this k
+    curve_prompts: int = 128  # the first this many eval problems give the learning curve ...
+    curve_samples: int = 4  # ... with this many samples each ...
+    eval_every: int = 10  # ... every this many optimizer steps
+    entropy_last: int = 10  # the entropy summary is the mean over this many last optimizer steps
+
+    @property
+    def pass_ks(self) -> list[int]:
+        return default_pass_ks(self.eval_samples)
+
+
+PROTOCOL = Settings()
+PILOT = Settings(
+    starts=("build1",),  # no second build in the pilot
+    learning_rates=(1e-4, 4e-4),
+    tune_seeds=(100,),
+    final_seeds=(0, 1),
+    steps=2,
+    batch=8,
+    num_generations=4,
+    off_policy_steps=2,
+    train_prompts=64,
+    eval_prompts=8,
+    eval_samples=4,
+    curve_prompts=4,
+    curve_samples=2,
+    eval_every=1,
+    entropy_last=2,
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    phase: str
+    start: str
+    regime: str
+    variant: str
+    lr: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.phase}-{self.start}-{self.regime}-{self.variant}-lr{self.lr:g}-seed{self.seed}"
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """The (variant, regime, starting model) a learning rate is chosen for."""
+        return (self.variant, self.regime, self.start)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The grid
+
+
+def tune_grid(settings: Settings) -> list[Cell]:
+    return [
+        Cell("tune", start, regime, variant, lr, seed)
+        for start in settings.starts
+        for seed in settings.tune_seeds
+        for regime in settings.regimes
+        for variant in settings.variants
+        for lr in settings.learning_rates
+    ]
+
+
+def choose_learning_rates(settings: Settings, results: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """The protocol's choice per (variant, regime, starting model), for the groups whose tune cells all finished.
+
+    The learning rate with the highest mean final sampled accuracy on validation over the tune seeds; ties go to the
+    smaller one. Returns `{group: {"lr", "by_lr": {lr: mean}, "at_edge"}}`.
+    """
+    finished = {Cell(**r["cell"]): r for r in results if r["cell"]["phase"] == "tune"}
+    chosen = {}
+    for cell in tune_grid(settings):
+        group = cell.group
+        if group in chosen:
+            continue
+        cells = [c for c in tune_grid(settings) if c.group == group]
+        if not all(c in finished for c in cells):
+            continue
+        by_lr = {
+            lr: statistics.fmean(finished[c]["final"]["sampled"] for c in cells if c.lr == lr)
+            for lr in settings.learning_rates
+        }
+        best = max(sorted(by_lr), key=lambda lr: by_lr[lr])  # `max` keeps the first (smallest) of equal values
+        edges = (min(settings.learning_rates), max(settings.learning_rates))
+        chosen[group] = {"lr": best, "by_lr": by_lr, "at_edge": best in edges}
+    return chosen
+
+
+def final_grid(settings: Settings, chosen: dict) -> tuple[list[Cell], list[tuple[str, str, str]]]:
+    """The final cells whose learning rate is chosen, and the groups still waiting for their tune cells."""
+    cells, waiting = [], []
+    for start in settings.starts:
+        for seed in settings.final_seeds:
+            for regime in settings.regimes:
+                for variant in settings.variants:
+                    group = (variant, regime, start)
+                    if group in chosen:
+                        cells.append(Cell("final", start, regime, variant, chosen[group]["lr"], seed))
+                    elif group not in waiting:
+                        waiting.append(group)
+    return cells, waiting
+
+
+def parse_only(filters: list[str]) -> dict[str, set[str]]:
+    """`["variant=nft,rft", "seed=0"]` -> `{"variant": {"nft", "rft"}, "seed": {"0"}}` (values compared as text)."""
+    parsed = {}
+    fields = {f.name for f in dataclasses.fields(Cell)}
+    for item in filters:
+        key, sep, values = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--only takes KEY=V1,V2 with KEY one of {sorted(fields)}, got {item!r}.")
+        parsed[key] = {_canonical(key, v) for v in values.split(",")}
+    return parsed
+
+
+def _canonical(key: str, value: Any) -> str:
+    return f"{float(value):g}" if key == "lr" else str(value)
+
+
+def selected(cell: Cell, only: dict[str, set[str]]) -> bool:
+    return all(_canonical(key, getattr(cell, key)) in values for key, values in only.items())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One run
+
+
+def starting_model_path(start: str) -> str:
+    """The directory of a starting model: the shipped build, or a cached one (built on first use, 5-12 minutes)."""
+    return str(embedded_path(config=STARTS[start]))
+
+
+def eval_sets(settings: Settings, phase: str):
+    full = make_dataset(PHASE_SPLIT[phase], settings.eval_prompts, seed=DATA_SEED)
+    return full, full.select(range(settings.curve_prompts))
+
+
+def evaluate_policy(model, tokenizer, dataset, settings: Settings) -> dict[str, Any]:
+    """Sampled accuracy at T=1, greedy accuracy and unbiased pass@k from `eval_samples` samples per problem."""
+    common = dict(max_new_tokens=settings.max_completion_length, seed=EVAL_SEED)
+    sampled = evaluate_accuracy(
+        model, tokenizer, dataset, num_samples=settings.eval_samples, temperature=1.0, **common
+    )
+    greedy = evaluate_accuracy(model, tokenizer, dataset, num_samples=1, temperature=0.0, **common)
+    n = settings.eval_samples
+    # Integer golds always parse, so every answer is graded and `accuracy * n` is the count of correct ones.
+    correct = [0 if p != p else round(p * n) for p in sampled.per_prompt_accuracy]
+    return {
+        "sampled": sampled.accuracy,
+        "greedy": greedy.accuracy,
+        "pass_at_k": {str(k): statistics.fmean(pass_at_k(n, c, k) for c in correct) for k in settings.pass_ks},
+        "correct_per_problem": correct,
+    }
+
+
+def training_config(settings: Settings, cell: Cell, output_dir: str):
+    _, config_cls, extra = VARIANTS[cell.variant]
+    return config_cls(
         output_dir=output_dir,
         use_cpu=True,
         bf16=False,
         report_to="none",
-        seed=seed,
-        max_steps=opts.steps,
-        learning_rate=opts.learning_rate,
+        seed=cell.seed,
+        max_steps=settings.steps,
+        learning_rate=cell.lr,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        per_device_train_batch_size=opts.batch,
-        steps_per_generation=opts.off_policy_steps if off else 1,
-        num_generations=opts.num_generations,
-        max_completion_length=opts.max_completion_length,
+        per_device_train_batch_size=settings.batch,
+        steps_per_generation=settings.off_policy_steps if cell.regime == "off" else 1,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
         temperature=1.0,
         logging_steps=1,
         save_strategy="no",
         gradient_checkpointing=False,
         disable_tqdm=True,
+        **extra,
     )
 
 
-def run(opts, algorithm, regime, seed, model_path, eval_set, train_set):
-    trainer_cls, config_cls, extra = ALGORITHM_SETTINGS[algorithm]
-    output_dir = str(Path(opts.out) / "runs" / f"{algorithm}-{regime}-{seed}")
-    config = config_cls(**common_settings(opts, regime, seed, output_dir), **extra)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    torch.manual_seed(seed)
-    tracker = HeldOutAccuracyCallback(
-        tokenizer, eval_set, every=opts.eval_every, max_new_tokens=opts.max_completion_length, num_samples=opts.samples
+def run_cell(settings: Settings, cell: Cell) -> dict[str, Any]:
+    """Train one cell from its starting model and evaluate it on its phase's set."""
+    trainer_cls = VARIANTS[cell.variant][0]
+    path = starting_model_path(cell.start)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    train_set = make_dataset("train", settings.train_prompts, seed=DATA_SEED, exclude_validation=True)
+    eval_set, curve_set = eval_sets(settings, cell.phase)
+    curve = HeldOutAccuracyCallback(
+        tokenizer,
+        curve_set,
+        every=settings.eval_every,
+        max_new_tokens=settings.max_completion_length,
+        num_samples=settings.curve_samples,
     )
-    initial_greedy = evaluate_accuracy(
-        model, tokenizer, eval_set, temperature=0.0, max_new_tokens=opts.max_completion_length
-    )
-    tracker.evaluate(model, 0)
-    trainer = trainer_cls(
-        model,
-        reward_funcs=[math_verifier],
-        args=config,
-        train_dataset=train_set,
-        processing_class=tokenizer,
-        callbacks=[tracker],
-    )
+    curve.evaluate(model, 0)
     start = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as output_dir:
+        torch.manual_seed(cell.seed)
+        trainer = trainer_cls(
+            model,
+            reward_funcs=[math_verifier],
+            args=training_config(settings, cell, output_dir),
+            train_dataset=train_set,
+            processing_class=tokenizer,
+            callbacks=[curve],
+        )
+        trainer.remove_callback(PrinterCallback)  # the per-step log dicts; the cell's JSON keeps them
+        trainer.train()
+    train_seconds = time.perf_counter() - start
     logs = [h for h in trainer.state.log_history if "entropy" in h]
-    greedy = evaluate_accuracy(
-        trainer.model, tokenizer, eval_set, temperature=0.0, max_new_tokens=opts.max_completion_length
-    )
-    extra_tokens = sum(h.get("nft/dynamic_sampling/extra_generated_tokens", 0.0) for h in trainer.state.log_history)
+    final = evaluate_policy(trainer.model, tokenizer, eval_set, settings)
     return {
-        "algorithm": algorithm,
-        "regime": regime,
-        "seed": seed,
-        "curve": tracker.curve,
-        "initial_sampled": tracker.curve[0][1],
-        "final_sampled": tracker.curve[-1][1],
-        "initial_greedy": initial_greedy.accuracy,
-        "final_greedy": greedy.accuracy,
-        "entropy_mean": statistics.fmean(h["entropy"] for h in logs),
-        "entropy_last": statistics.fmean(h["entropy"] for h in logs[-5:]),
-        "train_reward_last": statistics.fmean(h.get("reward", float("nan")) for h in logs[-5:]),
-        "wall_seconds": wall,
-        "extra_generated_tokens": extra_tokens,
-        **{
-            f"dynamic_sampling_{name}": statistics.fmean(values)
-            for name in ("rounds", "kept_group_frac", "batch_fill")
-            if (
-                values := [
-                    h[f"nft/dynamic_sampling/{name}"]
-                    for h in trainer.state.log_history
-                    if f"nft/dynamic_sampling/{name}" in h
-                ]
-            )
-        },
+        "cell": dataclasses.asdict(cell),
+        "split": PHASE_SPLIT[cell.phase],
+        "final": final,
+        "curve": curve.curve,
+        "entropy_curve": [(h["step"], h["entropy"]) for h in logs],
+        "entropy_last": statistics.fmean(h["entropy"] for h in logs[-settings.entropy_last :]),
+        "reward_curve": [(h["step"], h.get("reward", float("nan"))) for h in logs],
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - start,
     }
 
 
-def mean_std(values):
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def starting_point(settings: Settings, start: str, phase: str) -> dict[str, Any]:
+    """The starting model's metrics on the phase's set (the step-0 point of every curve of that model)."""
+    path = starting_model_path(start)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    eval_set, _ = eval_sets(settings, phase)
+    return {
+        "start": start,
+        "split": PHASE_SPLIT[phase],
+        **evaluate_policy(model, AutoTokenizer.from_pretrained(path), eval_set, settings),
+    }
 
 
-def summarize(results, opts):
-    lines = [
-        f"Embedded task, {opts.steps} optimizer steps x {opts.batch} completions ({opts.num_generations} per prompt), "
-        f"seeds {opts.seeds}; off-policy = {opts.off_policy_steps} optimizer steps per generated batch.",
-        "",
-        f"| regime | algorithm | held-out acc. ({opts.samples} samples, T=1) | held-out acc. (greedy) | entropy (mean) "
-        "| entropy (last 5) | wall time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    start = [r["initial_sampled"] for r in results]
-    start_greedy = [r["initial_greedy"] for r in results]
-    for regime in opts.regimes:
-        for algorithm in opts.algorithms:
-            rows = [r for r in results if r["regime"] == regime and r["algorithm"] == algorithm]
-            if not rows:
-                continue
-            cells = []
-            for key, fmt in (
-                ("final_sampled", "{:.1%} ± {:.1%}"),
-                ("final_greedy", "{:.1%} ± {:.1%}"),
-                ("entropy_mean", "{:.3f} ± {:.3f}"),
-                ("entropy_last", "{:.3f} ± {:.3f}"),
-                ("wall_seconds", "{:.0f} ± {:.0f}"),
-            ):
-                cells.append(fmt.format(*mean_std([r[key] for r in rows])))
-            name = algorithm
-            extra = statistics.fmean(r["extra_generated_tokens"] for r in rows)
-            if extra:
-                name += f" (+{extra:.0f} generated tokens per run)"
-            lines.append(f"| {regime}-policy | {name} | " + " | ".join(cells) + " |")
-    sampled = [r for r in results if "dynamic_sampling_rounds" in r]
-    if sampled:
-        lines += [
-            "",
-            f"Dynamic sampling: {statistics.fmean(r['dynamic_sampling_rounds'] for r in sampled):.2f} generation rounds "
-            f"per step, {statistics.fmean(r['dynamic_sampling_kept_group_frac'] for r in sampled):.1%} of generated "
-            f"groups kept (mixed), batch filled to {statistics.fmean(r['dynamic_sampling_batch_fill'] for r in sampled):.1%}.",
-        ]
-    lines += [
-        "",
-        f"Starting point (the same model for every run): held-out accuracy {statistics.fmean(start):.1%} sampled, "
-        f"{statistics.fmean(start_greedy):.1%} greedy.",
-    ]
-    return "\n".join(lines)
+# --------------------------------------------------------------------------------------------------------------------
+# Files: one JSON per finished cell, written atomically
 
 
-def plot(results, opts, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(opts.regimes), figsize=(6 * len(opts.regimes), 4), squeeze=False)
-    for ax, regime in zip(axes[0], opts.regimes, strict=True):
-        for algorithm in opts.algorithms:
-            rows = [r for r in results if r["regime"] == regime and r["algorithm"] == algorithm]
-            if not rows:
-                continue
-            steps = [s for s, _ in rows[0]["curve"]]
-            values = torch.tensor([[a for _, a in r["curve"]] for r in rows])
-            mean, std = values.mean(0), values.std(0) if len(rows) > 1 else torch.zeros(len(steps))
-            ax.plot(steps, mean, label=algorithm)
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set(
-            title=f"{regime}-policy",
-            xlabel="optimizer step",
-            ylabel=f"held-out accuracy ({opts.samples} samples, T=1)",
-        )
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)  # a killed run leaves no half-written result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
-    parser.add_argument("--dynamic_sampling_regimes", nargs="+", default=["on"], choices=REGIMES)
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
-    parser.add_argument("--batch", type=int, default=64, help="completions per optimizer step")
-    parser.add_argument("--num_generations", type=int, default=8)
-    parser.add_argument("--off_policy_steps", type=int, default=4, help="optimizer steps per generated batch")
-    parser.add_argument("--learning_rate", type=float, default=2e-4)
-    parser.add_argument("--max_completion_length", type=int, default=16)
-    parser.add_argument("--eval_every", type=int, default=10)
-    parser.add_argument("--eval_prompts", type=int, default=128)
-    parser.add_argument("--samples", type=int, default=4, help="sampled answers per held-out problem (T=1)")
-    parser.add_argument("--out", default="benchmarks/results/compare_algorithms")
-    opts = parser.parse_args()
-
-    Path(opts.out).mkdir(parents=True, exist_ok=True)
-    model_path = embedded_path()
-    eval_set = make_dataset("test", opts.eval_prompts, seed=0)
-    train_set = make_dataset("train", 4_000, seed=0)
+def load_finished(out: Path, settings: Settings) -> list[dict]:
+    """Every finished cell under `out`; refuses results written with other settings (another protocol or the pilot)."""
     results = []
-    for seed in opts.seeds:
-        for regime in opts.regimes:
-            for algorithm in opts.algorithms:
-                if algorithm == "nft_ds" and regime not in opts.dynamic_sampling_regimes:
-                    continue
-                result = run(opts, algorithm, regime, seed, model_path, eval_set, train_set)
-                results.append(result)
-                print(
-                    f"{regime}-policy {algorithm:<8} seed {seed}: held-out {result['initial_sampled']:.1%} -> "
-                    f"{result['final_sampled']:.1%} (greedy {result['initial_greedy']:.1%} -> "
-                    f"{result['final_greedy']:.1%}), entropy "
-                    f"{result['entropy_mean']:.3f}, {result['wall_seconds']:.0f} s",
-                    flush=True,
-                )
-                (Path(opts.out) / "results.json").write_text(json.dumps(results, indent=1))
-    table = summarize(results, opts)
-    print(table)
-    (Path(opts.out) / "results.md").write_text(table + "\n")
-    plot(results, opts, Path(opts.out) / "curves.png")
-    print(f"wrote {opts.out}/results.json, results.md, curves.png")
+    for path in sorted((out / "cells").glob("*.json")):
+        result = json.loads(path.read_text())
+        if result["settings"] != settings_dict(settings):
+            raise SystemExit(f"{path} was run with other settings; use another --out (or --pilot to match it).")
+        results.append(result)
+    return results
+
+
+def settings_dict(settings: Settings) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(settings)))  # tuples as lists, as read back from JSON
+
+
+def run_cells(cells: list[Cell], settings: Settings, out: Path, max_cells: int | None) -> int:
+    """Run the unfinished cells in order (at most `max_cells`); returns how many ran."""
+    todo = [c for c in cells if not (out / "cells" / f"{c.name}.json").exists()]
+    logger.info("%d cells selected, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    ran = 0
+    for cell in todo[:max_cells]:
+        starting = out / "starts" / f"{cell.start}-{PHASE_SPLIT[cell.phase]}.json"
+        if not starting.exists():
+            write_json(
+                starting, {"settings": settings_dict(settings), **starting_point(settings, cell.start, cell.phase)}
+            )
+        result = run_cell(settings, cell)
+        write_json(out / "cells" / f"{cell.name}.json", {"settings": settings_dict(settings), **result})
+        ran += 1
+        curve = result["curve"]
+        logger.info(
+            "%s: %s accuracy %.1f%% -> %.1f%% (sampled), greedy %.1f%%, %.0f s",
+            cell.name,
+            result["split"],
+            100 * curve[0][1],
+            100 * result["final"]["sampled"],
+            100 * result["final"]["greedy"],
+            result["wall_seconds"],
+        )
+    return ran
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=("tune", "final", "report"), required=True)
+    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/compare_algorithms)")
+    parser.add_argument("--pilot", action="store_true", help="tiny settings, for testing the pipeline")
+    parser.add_argument("--max_cells", type=int, default=None, help="run at most this many unfinished cells")
+    parser.add_argument("--only", nargs="*", default=[], help="KEY=V1,V2 filters on start, regime, variant, lr, seed")
+    parser.add_argument("--no_report", action="store_true", help="do not write the report after running cells")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    settings = PILOT if opts.pilot else PROTOCOL
+    default_out = "benchmarks/results/compare_algorithms" + ("_pilot" if opts.pilot else "")
+    out = Path(opts.out or default_out)
+    only = parse_only(opts.only)
+    finished = load_finished(out, settings)
+    if opts.phase == "tune":
+        run_cells([c for c in tune_grid(settings) if selected(c, only)], settings, out, opts.max_cells)
+    elif opts.phase == "final":
+        cells, waiting = final_grid(settings, choose_learning_rates(settings, finished))
+        for variant, regime, start in waiting:
+            logger.info("final %s %s-policy %s: waits for its tune cells", variant, regime, start)
+        run_cells([c for c in cells if selected(c, only)], settings, out, opts.max_cells)
+    if opts.phase == "report" or not opts.no_report:
+        import compare_report
+
+        results = load_finished(out, settings)
+        starts = [json.loads(path.read_text()) for path in sorted((out / "starts").glob("*.json"))]
+        compare_report.write_report(out, settings, results, starts, choose_learning_rates(settings, results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -106,7 +106,23 @@ def test_splits_are_disjoint_for_any_seeds():
     with pytest.raises(ValueError, match="distinct"):
         make_dataset("test", 2_000)
     with pytest.raises(ValueError, match="split"):
-        make_dataset("validation", 1)
+        make_dataset("dev", 1)
+
+
+def test_validation_split_is_carved_from_train_and_leaves_train_and_test_unchanged():
+    def contents(split, n, seed=0, **kwargs):
+        return [row["prompt"][0]["content"] for row in make_dataset(split, n, seed=seed, **kwargs)]
+
+    validation = set(contents("validation", 300)) | set(contents("validation", 300, seed=1))
+    assert not validation & set(contents("test", 500))
+    assert not validation & set(contents("train", 3_000, exclude_validation=True))
+    assert validation & set(contents("train", 3_000))  # "train" keeps them unless asked not to
+    # The train and test rows are those of the two-split task (and of the embedded builds).
+    assert [row["solution"] for row in make_dataset("test", 3)] == ["104", "136", "124"]
+    assert [row["solution"] for row in make_dataset("train", 3)] == ["99", "185", "96"]
+    # Excluding them keeps the same draws, minus the validation problems.
+    kept = [p for p in make_problems("train", 400) if not p.in_validation]
+    assert make_problems("train", 200, exclude_validation=True) == kept[:200]
 
 
 def test_version_hash_tracks_settings():

@@ -1,0 +1,91 @@
+"""`benchmarks/compare_algorithms.py --pilot`: two cells of the grid, resumability, the learning-rate choice, the report.
+
+The script runs in-process (a subprocess would import trl again, which costs more than the two tiny cells).
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def compare(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("compare_algorithms", BENCHMARKS / "compare_algorithms.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_algorithms", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("compare_report", None)
+
+
+def test_grid_has_the_protocols_size(compare):
+    settings = compare.PROTOCOL
+    assert len(compare.tune_grid(settings)) == 7 * 3 * 2 * 2 * 2
+    chosen = {cell.group: {"lr": 2e-4} for cell in compare.tune_grid(settings)}
+    cells, waiting = compare.final_grid(settings, chosen)
+    assert len(cells) == 7 * 2 * 2 * 5 and not waiting
+    assert len({c.name for c in cells}) == len(cells)
+    only = compare.parse_only(["variant=nft,rft", "lr=0.0002", "regime=off"])
+    assert {c.variant for c in cells if compare.selected(c, only)} == {"nft", "rft"}
+
+
+def test_learning_rate_choice_takes_the_best_mean_and_the_smaller_on_ties(compare):
+    settings = compare.PILOT
+    results = [
+        {"cell": {**vars(cell)}, "final": {"sampled": {1e-4: 0.5, 4e-4: 0.5}[cell.lr]}}
+        for cell in compare.tune_grid(settings)
+    ]
+    chosen = compare.choose_learning_rates(settings, results)
+    assert all(choice["lr"] == 1e-4 for choice in chosen.values())
+    results[0]["final"]["sampled"] = 0.4  # the first group's 1e-4 cell is now worse
+    group = compare.Cell(**results[0]["cell"]).group
+    assert compare.choose_learning_rates(settings, results)[group]["lr"] == 4e-4
+    # a group with an unfinished tune cell is not chosen, and its final cells wait
+    chosen = compare.choose_learning_rates(settings, results[1:])
+    assert group not in chosen
+    assert group in compare.final_grid(settings, chosen)[1]
+
+
+def test_pilot_runs_resumes_and_reports(compare, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = ["--pilot", "--out", str(out), "--only", "variant=nft", "regime=on"]
+    assert compare.main(["--phase", "tune", *args, "--max_cells", "1"]) == 0
+    cells = sorted((out / "cells").glob("*.json"))
+    assert [c.name for c in cells] == ["tune-build1-on-nft-lr0.0001-seed100.json"]
+    first = json.loads(cells[0].read_text())
+    assert set(first["final"]["pass_at_k"]) == {"1", "2", "4"}
+    assert first["final"]["pass_at_k"]["1"] == pytest.approx(first["final"]["sampled"])
+    assert [step for step, _ in first["curve"]] == [0, 1, 2]
+    assert len(first["entropy_curve"]) == 2
+
+    # A second invocation skips the finished cell and runs only the other learning rate.
+    ran = []
+    original = compare.run_cell
+    monkeypatch.setattr(compare, "run_cell", lambda settings, cell: ran.append(cell.name) or original(settings, cell))
+    assert compare.main(["--phase", "tune", *args]) == 0
+    assert ran == ["tune-build1-on-nft-lr0.0004-seed100"]
+    assert cells[0].read_text() == json.dumps(first, indent=1)  # untouched
+
+    # Both tune cells of the group are in: the final phase runs at the chosen learning rate.
+    assert compare.main(["--phase", "final", *args, "--max_cells", "1", "--no_report"]) == 0
+    assert compare.main(["--phase", "report", *args]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["phase_reported"] == "final"
+    (choice,) = report["chosen_learning_rates"]
+    assert (choice["variant"], choice["regime"], choice["start"]) == ("nft", "on", "build1")
+    final_cells = [c for c in report["cells"] if c["cell"]["phase"] == "final"]
+    assert len(final_cells) == 1 and final_cells[0]["cell"]["lr"] == choice["lr"]
+    for name in ("results.md", "curves.png", "entropy.png", "pass_at_k.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| on | build1 | nft |" in (out / "results.md").read_text()
+
+    # Results of other settings are refused rather than mixed in.
+    with pytest.raises(SystemExit, match="other settings"):
+        compare.main(["--phase", "report", "--out", str(out)])
