@@ -1,14 +1,12 @@
 """Two processes (torchrun, gloo): every row's r_hat is its whole group's rate, even when the group spans ranks."""
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import free_port, run
 
 from nft_trl.algorithm.loss import group_correct_rate
 
@@ -16,14 +14,7 @@ from nft_trl.algorithm.loss import group_correct_rate
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_torchrun(script: str, nproc: int, out_dir: Path) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true", "HF_HUB_OFFLINE": "1"}
     cmd = [
         sys.executable,
         "-m",
@@ -34,8 +25,7 @@ def run_torchrun(script: str, nproc: int, out_dir: Path) -> list[dict]:
         str(SCRIPTS / script),
         str(out_dir),
     ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run(cmd, expect=out_dir / f"rank{nproc - 1}.json")
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 

@@ -6,9 +6,6 @@ Every launch runs under a timeout in its own process group: a hang fails the tes
 """
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launching import free_port, run
 
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'nft-trl[deepspeed]')")
@@ -23,48 +21,11 @@ pytestmark = pytest.mark.distributed
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_scripted.py"
 CONFIGS = Path(__file__).resolve().parents[1] / "nft_trl" / "accelerate_configs"
-LAUNCH_TIMEOUT_S = 420
-# torch's gloo can abort a process at interpreter exit ("terminate called without an active exception") after all
-# its work is done; such a launch is run once more rather than reported as a failure of the code under test.
-GLOO_EXIT_ABORT = "terminate called without an active exception"
 # ZeRO-3 runs every linear layer through DeepSpeed's own autograd function on all-gathered weights, reduce-scatters
 # gradients into flat fp32 partitions and steps the optimizer on them: float32 rounding in another order. Measured
 # here: at most 2e-6 apart from DDP after 3 Adam steps whose largest update is 3e-3; 1e-5 is 5x that and 300x
 # smaller than the update, so a wrong gradient (or a missing step) cannot pass.
 ATOL = 1e-5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd: list[str], *, expect: Path | None = None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CI": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    for attempt in range(2):
-        process = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        try:
-            stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            pytest.fail(f"launch hung for {LAUNCH_TIMEOUT_S} s and was killed: {' '.join(cmd)}")
-        result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
-        finished = expect is None or expect.exists()
-        if result.returncode != 0 and GLOO_EXIT_ABORT in stderr and finished and attempt == 0:
-            continue
-        assert result.returncode == 0, (stdout[-2000:], stderr[-6000:])
-        return result
-    return result
 
 
 def accelerate_launch(config: str, *args: str, expect: Path | None = None) -> subprocess.CompletedProcess:
