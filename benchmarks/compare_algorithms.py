@@ -5,6 +5,7 @@
     python benchmarks/compare_algorithms.py --phase report   # results.json, results.md and the plots
     python benchmarks/compare_algorithms.py --phase tune --only variant=nft,rft regime=off --max_cells 4
     python benchmarks/compare_algorithms.py --pilot --phase tune   # the same grid with tiny settings (seconds a run)
+    python benchmarks/compare_algorithms.py --task countdown --phase tune   # the same protocol on the countdown task
 
 The grid is a list of runs ("cells"); each finished cell is written at once to its own JSON file under
 `<out>/cells/`, so a rerun skips the finished cells and a killed run loses at most the cell in progress. The final
@@ -16,6 +17,10 @@ Variants: `nft` (NFTTrainer, the paper's defaults), `rft` (`negative_weight=0`, 
 (`negative_weight=0` with NFT's `1 - r_hat` weighting), `nft_none` and `nft_sqrt` (NFT with
 `prompt_weighting="none"` / `"sqrt_incorrect_odds"`), `grpo` (TRL's GRPOTrainer, `loss_type="grpo"`,
 `scale_rewards="group"`) and `dr_grpo` (`loss_type="dr_grpo"`, `scale_rewards="none"`).
+
+Tasks: `addition` (the embedded default; starting models `build1`, `build2`) and `countdown` (`--task countdown`:
+`EmbeddedConfig.countdown()`, starting models `countdown1`, `countdown2`, built on first use; graded by
+`countdown_reward`; results in `..._countdown/`). The settings are the same for both.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from nft_trl import NFTConfig, NFTTrainer, math_verifier  # noqa: E402
-from nft_trl.embedded import EmbeddedConfig, embedded_path, make_dataset  # noqa: E402
+from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
+from nft_trl.embedded import EmbeddedConfig, embedded_path, make_dataset, task_reward  # noqa: E402
 from nft_trl.embedded.demo import HeldOutAccuracyCallback  # noqa: E402
 from nft_trl.evaluation import evaluate_accuracy, pass_at_k  # noqa: E402
 from nft_trl.evaluation.metrics import default_pass_ks  # noqa: E402
@@ -63,8 +68,13 @@ VARIANTS = {
     "grpo": (GRPOTrainer, GRPOConfig, {"loss_type": "grpo", "scale_rewards": "group"}),
     "dr_grpo": (GRPOTrainer, GRPOConfig, {"loss_type": "dr_grpo", "scale_rewards": "none"}),
 }
-# Starting models: independently built embedded models (build seed 1 is the shipped one).
-STARTS = {"build1": EmbeddedConfig(), "build2": EmbeddedConfig(seed=2)}
+# Starting models: independently built embedded models (build seed 1 is the shipped one), per task.
+STARTS = {
+    "build1": EmbeddedConfig(),
+    "build2": EmbeddedConfig(seed=2),
+    "countdown1": EmbeddedConfig.countdown(),
+    "countdown2": EmbeddedConfig.countdown(seed=2),
+}
 PHASE_SPLIT = {"tune": "validation", "final": "test"}
 EVAL_SEED = 0  # every evaluation samples with the same seed, so evaluations of paired runs are paired too
 DATA_SEED = 0  # the rows of the training prompts and of the evaluation sets (the run's seed shuffles the former)
@@ -116,6 +126,13 @@ PILOT = Settings(
     eval_every=1,
     entropy_last=2,
 )
+
+
+def for_task(settings: Settings, task: str) -> Settings:
+    """`settings` for `task`: the countdown task runs the same grid from its own starting models."""
+    if task == "addition":
+        return settings
+    return dataclasses.replace(settings, starts=tuple(start.replace("build", task) for start in settings.starts))
 
 
 @dataclass(frozen=True)
@@ -223,20 +240,20 @@ def starting_model_path(start: str) -> str:
     return str(embedded_path(config=STARTS[start]))
 
 
-def eval_sets(settings: Settings, phase: str):
-    full = make_dataset(PHASE_SPLIT[phase], settings.eval_prompts, seed=DATA_SEED)
+def eval_sets(settings: Settings, phase: str, start: str):
+    full = make_dataset(PHASE_SPLIT[phase], settings.eval_prompts, seed=DATA_SEED, config=STARTS[start])
     return full, full.select(range(settings.curve_prompts))
 
 
-def evaluate_policy(model, tokenizer, dataset, settings: Settings) -> dict[str, Any]:
+def evaluate_policy(model, tokenizer, dataset, settings: Settings, start: str) -> dict[str, Any]:
     """Sampled accuracy at T=1, greedy accuracy and unbiased pass@k from `eval_samples` samples per problem."""
-    common = dict(max_new_tokens=settings.max_completion_length, seed=EVAL_SEED)
+    common = dict(max_new_tokens=settings.max_completion_length, seed=EVAL_SEED, reward_fn=task_reward(STARTS[start]))
     sampled = evaluate_accuracy(
         model, tokenizer, dataset, num_samples=settings.eval_samples, temperature=1.0, **common
     )
     greedy = evaluate_accuracy(model, tokenizer, dataset, num_samples=1, temperature=0.0, **common)
     n = settings.eval_samples
-    # Integer golds always parse, so every answer is graded and `accuracy * n` is the count of correct ones.
+    # Both tasks' verdicts grade every answer (integer golds always parse), so `accuracy * n` counts the right ones.
     correct = [0 if p != p else round(p * n) for p in sampled.per_prompt_accuracy]
     return {
         "sampled": sampled.accuracy,
@@ -277,14 +294,16 @@ def run_cell(settings: Settings, cell: Cell) -> dict[str, Any]:
     path = starting_model_path(cell.start)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    train_set = make_dataset("train", settings.train_prompts, seed=DATA_SEED, exclude_validation=True)
-    eval_set, curve_set = eval_sets(settings, cell.phase)
+    config = STARTS[cell.start]
+    train_set = make_dataset("train", settings.train_prompts, seed=DATA_SEED, config=config, exclude_validation=True)
+    eval_set, curve_set = eval_sets(settings, cell.phase, cell.start)
     curve = HeldOutAccuracyCallback(
         tokenizer,
         curve_set,
         every=settings.eval_every,
         max_new_tokens=settings.max_completion_length,
         num_samples=settings.curve_samples,
+        reward_fn=task_reward(config),
     )
     curve.evaluate(model, 0)
     start = time.perf_counter()
@@ -292,7 +311,7 @@ def run_cell(settings: Settings, cell: Cell) -> dict[str, Any]:
         torch.manual_seed(cell.seed)
         trainer = trainer_cls(
             model,
-            reward_funcs=[math_verifier],
+            reward_funcs=[task_reward(config)],
             args=training_config(settings, cell, output_dir),
             train_dataset=train_set,
             processing_class=tokenizer,
@@ -302,7 +321,7 @@ def run_cell(settings: Settings, cell: Cell) -> dict[str, Any]:
         trainer.train()
     train_seconds = time.perf_counter() - start
     logs = [h for h in trainer.state.log_history if "entropy" in h]
-    final = evaluate_policy(trainer.model, tokenizer, eval_set, settings)
+    final = evaluate_policy(trainer.model, tokenizer, eval_set, settings, cell.start)
     return {
         "cell": dataclasses.asdict(cell),
         "split": PHASE_SPLIT[cell.phase],
@@ -320,11 +339,11 @@ def starting_point(settings: Settings, start: str, phase: str) -> dict[str, Any]
     """The starting model's metrics on the phase's set (the step-0 point of every curve of that model)."""
     path = starting_model_path(start)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    eval_set, _ = eval_sets(settings, phase)
+    eval_set, _ = eval_sets(settings, phase, start)
     return {
         "start": start,
         "split": PHASE_SPLIT[phase],
-        **evaluate_policy(model, AutoTokenizer.from_pretrained(path), eval_set, settings),
+        **evaluate_policy(model, AutoTokenizer.from_pretrained(path), eval_set, settings, start),
     }
 
 
@@ -386,14 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=("tune", "final", "report"), required=True)
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/compare_algorithms)")
     parser.add_argument("--pilot", action="store_true", help="tiny settings, for testing the pipeline")
+    parser.add_argument("--task", choices=("addition", "countdown"), default="addition", help="the embedded task")
     parser.add_argument("--max_cells", type=int, default=None, help="run at most this many unfinished cells")
     parser.add_argument("--only", nargs="*", default=[], help="KEY=V1,V2 filters on start, regime, variant, lr, seed")
     parser.add_argument("--no_report", action="store_true", help="do not write the report after running cells")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    settings = PILOT if opts.pilot else PROTOCOL
-    default_out = "benchmarks/results/compare_algorithms" + ("_pilot" if opts.pilot else "")
+    settings = for_task(PILOT if opts.pilot else PROTOCOL, opts.task)
+    suffix = ("_countdown" if opts.task == "countdown" else "") + ("_pilot" if opts.pilot else "")
+    default_out = "benchmarks/results/compare_algorithms" + suffix
     out = Path(opts.out or default_out)
     only = parse_only(opts.only)
     finished = load_finished(out, settings)

@@ -89,3 +89,29 @@ def test_pilot_runs_resumes_and_reports(compare, tmp_path, monkeypatch):
     # Results of other settings are refused rather than mixed in.
     with pytest.raises(SystemExit, match="other settings"):
         compare.main(["--phase", "report", "--out", str(out)])
+
+
+def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path, monkeypatch):
+    import dataclasses
+
+    from test_embedded import TINY
+
+    from nft_trl.embedded import CACHE_ENV_VAR, EmbeddedConfig
+
+    settings = compare.for_task(compare.PROTOCOL, "countdown")
+    assert settings.starts == ("countdown1", "countdown2")
+    assert dataclasses.replace(settings, starts=compare.PROTOCOL.starts) == compare.PROTOCOL
+    assert compare.STARTS["countdown2"] == EmbeddedConfig.countdown(seed=2)
+    # A tiny countdown build stands in for the real one (which takes minutes to build).
+    countdown = EmbeddedConfig.countdown()
+    tiny = dataclasses.replace(TINY, task="countdown", num_operands=3, min_operand=1, max_operand=9)
+    assert (countdown.min_operand, countdown.max_operand) == (1, 9)
+    monkeypatch.setitem(compare.STARTS, "countdown1", tiny)
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["--pilot", "--task", "countdown", "--out", str(out), "--only", "variant=nft", "regime=on", "lr=0.0001"]
+    assert compare.main(["--phase", "tune", *args]) == 0
+    (cell,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert cell["cell"]["start"] == "countdown1" and cell["settings"]["starts"] == ["countdown1"]
+    assert 0.0 <= cell["final"]["sampled"] <= 1.0
+    assert "| countdown1 | validation |" in (out / "results.md").read_text()

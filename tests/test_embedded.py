@@ -225,7 +225,7 @@ def test_shipped_model_is_the_default_build():
     assert embedded.shipped_version() == DEFAULT_CONFIG.version_hash()
     assert embedded_path() == SHIPPED_DIR
     manifest = json.loads((SHIPPED_DIR / MANIFEST_NAME).read_text())
-    assert manifest["config"] == dataclasses.asdict(DEFAULT_CONFIG) and manifest["stored_dtype"] == "float16"
+    assert manifest["config"] == DEFAULT_CONFIG.settings() and manifest["stored_dtype"] == "float16"
     with safe_open(SHIPPED_DIR / "model.safetensors", framework="pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}  # noqa: SIM118
     model, tokenizer = load_embedded_model()

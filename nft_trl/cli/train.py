@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 REWARD_FUNCS = {
     "math_verifier": "nft_trl.rewards.verifier.math_verifier",
     "dapo_strict_box": "nft_trl.rewards.verifier.dapo_strict_box",
+    "countdown_reward": "nft_trl.rewards.countdown.countdown_reward",
 }
 #: The training config of each `method`.
 CONFIG_CLASSES: dict[str, type[GRPOConfig]] = {"nft": NFTConfig, "grpo": GRPOConfig}
@@ -90,7 +91,8 @@ class NFTScriptArguments:
         default_factory=lambda: ["math_verifier"],
         metadata={
             "help": "Reward functions by name (math_verifier: math-verify equivalence; dapo_strict_box: the NFT "
-            "authors' verdict) or dotted import path (my_pkg.rewards.fn). The first "
+            "authors' verdict; countdown_reward: Countdown problems, with 'numbers' and 'target' columns) or dotted "
+            "import path (my_pkg.rewards.fn). The first "
             "one gives NFT's correct/wrong verdict unless correctness_reward names another."
         },
     )

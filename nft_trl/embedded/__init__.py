@@ -1,7 +1,8 @@
 """The embedded offline demo: a math task, its tokenizer, a small warmed-up model, and the demo that trains it.
 
 Everything here runs on a laptop CPU and downloads nothing. `task` is two-digit addition with the answer in
-`\\boxed{}` as a TRL conversational dataset; `tokenizer` trains the package's byte-level BPE tokenizers (the task's
+`\\boxed{}` as a TRL conversational dataset (and a second task, countdown: reach a target from three numbers, where a
+wrong answer is a different plan; `EmbeddedConfig.countdown()`); `tokenizer` trains the package's byte-level BPE tokenizers (the task's
 and the tests' tiny one); `model` builds random Qwen2 models and the embedded model, a 3.3M-parameter Qwen2 warmed up
 to about 45% accuracy, which ships with the package (`pretrained/`) so the demo starts at once; `demo` is what
 `accelerate launch examples/train_nft.py` runs with no model: NFT on that model, with held-out accuracy before and
@@ -22,7 +23,7 @@ from .model import (
     load_embedded_model,
     load_manifest,
 )
-from .task import Problem, make_dataset, make_problems
+from .task import CountdownProblem, Problem, make_dataset, make_problems, task_reward
 
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "MANIFEST_NAME",
     "SHIPPED_DIR",
+    "CountdownProblem",
     "EmbeddedConfig",
     "Problem",
     "build_embedded",
@@ -38,4 +40,5 @@ __all__ = [
     "load_manifest",
     "make_dataset",
     "make_problems",
+    "task_reward",
 ]

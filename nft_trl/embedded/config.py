@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 # Bump when the task, the build recipe or the saved layout changes in a way the settings hash does not capture.
 BUILD_FORMAT_VERSION = 3
+TASKS = ("addition", "countdown")
+# Fields added after the builds of this format existed: left out of the hash while at these values.
+HASH_EXEMPT_DEFAULTS = {"task": "addition"}
+# The countdown preset (see `EmbeddedConfig.countdown`).
+COUNTDOWN_PRESET = {"task": "countdown", "num_operands": 3, "min_operand": 1, "max_operand": 9}
 
 
 @dataclass(frozen=True)
@@ -17,10 +22,12 @@ class EmbeddedConfig:
     """Every setting that determines the embedded model; their hash names the cache directory.
 
     Args:
-        num_operands: 2 for `a + b`, 3 for `a + b - c` (with `c <= a + b`).
+        task: "addition" (the default: `a + b`, or `a + b - c`) or "countdown" (reach a target from a few numbers;
+            use the preset `EmbeddedConfig.countdown()`). See `nft_trl.embedded.task`.
+        num_operands: 2 for `a + b`, 3 for `a + b - c` (with `c <= a + b`); for countdown, how many numbers.
         worked_answer: warm up on a worked line before the box (`a + b = s, s - c = r. \\boxed{r}`) instead of the
-            bare `\\boxed{r}`.
-        min_operand, max_operand: range of the operands (inclusive).
+            bare `\\boxed{r}` (addition only).
+        min_operand, max_operand: range of the operands, or of countdown's numbers (inclusive).
         vocab_size: size of the byte-level BPE vocabulary (256 bytes + 3 special tokens + merges).
         tokenizer_corpus_size: number of chat-formatted training examples the tokenizer is trained on.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
@@ -36,6 +43,7 @@ class EmbeddedConfig:
         max_new_tokens: generation budget during validation.
     """
 
+    task: str = "addition"
     num_operands: int = 2
     worked_answer: bool = False
     min_operand: int = 10
@@ -61,9 +69,38 @@ class EmbeddedConfig:
     target_accuracy: float = 0.45
     max_new_tokens: int = 40
 
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+        if self.task == "countdown" and self.worked_answer:
+            raise ValueError("worked_answer=True is for the addition task; countdown answers are the bare expression.")
+        if self.task == "addition" and self.num_operands not in (2, 3):
+            raise ValueError(f"The addition task takes num_operands 2 or 3, got {self.num_operands}.")
+        if self.task == "countdown" and not 2 <= self.num_operands <= 4:
+            raise ValueError(f"The countdown task takes 2 to 4 numbers (num_operands), got {self.num_operands}.")
+        if not 0 <= self.min_operand <= self.max_operand:
+            raise ValueError(f"Need 0 <= min_operand <= max_operand, got {self.min_operand} and {self.max_operand}.")
+
+    @classmethod
+    def countdown(cls, **overrides) -> EmbeddedConfig:
+        """The countdown preset: three numbers from 1 to 9 and a target from 1 to 99 (`overrides` change any field)."""
+        return cls(**{**COUNTDOWN_PRESET, **overrides})
+
+    def settings(self) -> dict:
+        """The fields that name a build: all of them, less those of `HASH_EXEMPT_DEFAULTS` still at their default.
+
+        Fields added after a format's first builds are left out while at their default, so those builds, the shipped
+        one included, keep their names and manifests.
+        """
+        return {
+            name: value
+            for name, value in dataclasses.asdict(self).items()
+            if not (name in HASH_EXEMPT_DEFAULTS and HASH_EXEMPT_DEFAULTS[name] == value)
+        }
+
     def version_hash(self) -> str:
-        """Short hash of the settings and `BUILD_FORMAT_VERSION`: the cache directory name."""
-        payload = json.dumps({"format": BUILD_FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """Short hash of `settings()` and `BUILD_FORMAT_VERSION`: the cache directory name."""
+        payload = json.dumps({"format": BUILD_FORMAT_VERSION, **self.settings()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def architecture(self) -> dict[str, int]:

@@ -61,7 +61,8 @@ def demo_defaults() -> dict[str, Any]:
 
 
 class HeldOutAccuracyCallback(TrainerCallback):
-    """Accuracy on a held-out set every `every` optimizer steps (main process only), graded by `math_verifier`.
+    """Accuracy on a held-out set every `every` optimizer steps (main process only), graded by `reward_fn`
+    (default `math_verifier`).
 
     `num_samples` answers per problem at `temperature` (the sampling temperature of training by default), seeded so
     that every point of the curve is measured alike; `temperature=0.0` is greedy decoding.
@@ -76,9 +77,10 @@ class HeldOutAccuracyCallback(TrainerCallback):
         max_new_tokens: int = 16,
         num_samples: int = DEMO_EVAL_SAMPLES,
         temperature: float = 1.0,
+        reward_fn=None,
     ):
         self.tokenizer, self.dataset, self.every, self.max_new_tokens = tokenizer, dataset, every, max_new_tokens
-        self.num_samples, self.temperature = num_samples, temperature
+        self.num_samples, self.temperature, self.reward_fn = num_samples, temperature, reward_fn
         self.curve: list[tuple[int, float]] = []
         self.last = None
 
@@ -90,6 +92,7 @@ class HeldOutAccuracyCallback(TrainerCallback):
             num_samples=self.num_samples,
             temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
+            reward_fn=self.reward_fn,
             num_examples=DEMO_SAMPLES_SHOWN,
         )
         self.curve.append((step, self.last.accuracy))

@@ -25,7 +25,6 @@ models (`build_tiny_model`) and `benchmarks/gpu_check.py`'s Qwen2.5-0.5B-sized m
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from nft_trl.evaluation.accuracy import evaluate_accuracy
 
 from .config import BUILD_FORMAT_VERSION, DEFAULT_CONFIG, EmbeddedConfig
-from .task import Problem, iter_problems, make_dataset
+from .task import CountdownProblem, Problem, iter_problems, make_dataset, task_reward
 from .tokenizer import chat_renderer, train_bpe_tokenizer
 
 
@@ -119,7 +118,7 @@ def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
 # The embedded build: tokenizer, warm-up, cache
 
 
-def _chat_text(tokenizer: PreTrainedTokenizerFast, problem: Problem, config: EmbeddedConfig) -> str:
+def _chat_text(tokenizer: PreTrainedTokenizerFast, problem: Problem | CountdownProblem, config: EmbeddedConfig) -> str:
     messages = [*problem.prompt(), {"role": "assistant", "content": problem.completion(config.worked_answer)}]
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
@@ -139,7 +138,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: EmbeddedConfig | Non
     return random_qwen2(tokenizer, seed=config.seed, **config.architecture())
 
 
-def _sft_batch(tokenizer: PreTrainedTokenizerFast, problems: list[Problem], worked: bool) -> dict[str, torch.Tensor]:
+def _sft_batch(
+    tokenizer: PreTrainedTokenizerFast, problems: list[Problem | CountdownProblem], worked: bool
+) -> dict[str, torch.Tensor]:
     """Right-padded prompt + completion + EOS; the loss covers the completion and its EOS only.
 
     Prompt and completion are tokenized separately, as they are at generation time (no merge across the boundary).
@@ -200,6 +201,7 @@ def warm_up(
                     num_samples=config.num_validation_samples,
                     temperature=1.0,
                     max_new_tokens=config.max_new_tokens,
+                    reward_fn=task_reward(config),
                     seed=config.seed + step,
                 )
                 model.train()
@@ -276,7 +278,7 @@ def build_embedded(path: str | os.PathLike, config: EmbeddedConfig | None = None
     manifest = {
         "format": BUILD_FORMAT_VERSION,
         "version": config.version_hash(),
-        "config": dataclasses.asdict(config),
+        "config": config.settings(),
         "num_parameters": num_parameters,
         "build_seconds": round(time.perf_counter() - start, 1),
         "torch_threads": torch.get_num_threads(),

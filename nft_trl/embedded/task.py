@@ -1,9 +1,18 @@
-"""The embedded task: two-digit addition with the answer in `\\boxed{}`, as a TRL conversational dataset.
+"""The embedded tasks, as TRL conversational datasets: two-digit addition (the default) and countdown.
 
-`Compute a + b. Put the final answer in \\boxed{}.` (operands 10..99), answered with the bare box, e.g. `\\boxed{57}`.
-`EmbeddedConfig(num_operands=3)` gives the harder `a + b - c` (with `c <= a + b`) and `worked_answer=True` a worked
-line before the box. Prompts are TRL conversational prompts (`[{"role": "user", ...}]`) and the gold answer is in the
-`solution` column, as TRL's accuracy rewards and `math_verifier` expect. Every problem belongs to exactly one of
+Addition: `Compute a + b. Put the final answer in \\boxed{}.` (operands 10..99), answered with the bare box, e.g.
+`\\boxed{57}`. `EmbeddedConfig(num_operands=3)` gives the harder `a + b - c` (with `c <= a + b`) and
+`worked_answer=True` a worked line before the box. The gold answer is in the `solution` column, as TRL's accuracy
+rewards and `math_verifier` expect. A wrong answer is mostly a near miss (a digit or a carry off).
+
+Countdown (`EmbeddedConfig.countdown()`): `Make 22 from 3, 5, 7 with + - *, each number once. Put the final answer in
+\\boxed{}.`, answered with an expression, e.g. `\\boxed{3*5+7}`; the target is the value of a random expression of
+the numbers (a random order and operators from `+ - *`, standard precedence, targets 1..99). Every expression that
+uses each number once and reaches the target is right (`nft_trl.rewards.countdown.countdown_reward`, reading the
+`numbers` and `target` columns), so a wrong answer is a different plan, not a near miss. `task_reward(config)` gives
+each task's verdict.
+
+Prompts are TRL conversational prompts (`[{"role": "user", ...}]`). Every problem belongs to exactly one of
 "train" and "test" (decided by a hash of the problem), so train and held-out sets are disjoint for any seed. A third
 split, "validation", is carved out of the train region by a second, independent hash (for choosing hyper-parameters
 without touching the held-out set); "train" keeps those problems unless `exclude_validation=True`, so the train and
@@ -17,10 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from datasets import Dataset
+
+from nft_trl.rewards.countdown import countdown_reward, evaluate_expression
 
 from .config import DEFAULT_CONFIG, EmbeddedConfig
 
@@ -36,10 +47,37 @@ PERCENT = 100
 MAX_DRAWS_PER_ROW = 50
 
 INSTRUCTION = "Put the final answer in \\boxed{}."
+# Countdown: the operators of the target's expression, and the range of targets kept.
+COUNTDOWN_OPERATORS = "+-*"
+COUNTDOWN_TARGETS = (1, 99)
+
+
+class _SplitByHash:
+    """Split membership fixed by hashes of a problem's `key` (independent of any seed)."""
+
+    key: str
+
+    @property
+    def split(self) -> str:
+        """The split this problem belongs to: "test" or "train"."""
+        digest = hashlib.sha256(self.key.encode()).digest()
+        return "test" if int.from_bytes(digest[:4], "big") % PERCENT < HELD_OUT_PERCENT else "train"
+
+    @property
+    def in_validation(self) -> bool:
+        """Whether this problem is a validation problem: a train-region problem picked by a second, salted hash."""
+        digest = hashlib.sha256((VALIDATION_SALT + self.key).encode()).digest()
+        return self.split == "train" and int.from_bytes(digest[:4], "big") % PERCENT < VALIDATION_PERCENT
+
+    def in_split(self, split: str, exclude_validation: bool = False) -> bool:
+        """Membership of `split`; "train" includes the validation problems unless `exclude_validation`."""
+        if split == "validation":
+            return self.in_validation
+        return self.split == split and not (exclude_validation and self.in_validation)
 
 
 @dataclass(frozen=True)
-class Problem:
+class Problem(_SplitByHash):
     """One `a + b` problem, or `a + b - c` when `c` is given."""
 
     a: int
@@ -55,22 +93,12 @@ class Problem:
         return f"{self.a} + {self.b}" if self.c is None else f"{self.a} + {self.b} - {self.c}"
 
     @property
-    def split(self) -> str:
-        """The split this problem belongs to, fixed by a hash of its operands (independent of any seed)."""
-        digest = hashlib.sha256(self.expression.encode()).digest()
-        return "test" if int.from_bytes(digest[:4], "big") % PERCENT < HELD_OUT_PERCENT else "train"
+    def key(self) -> str:
+        return self.expression
 
-    @property
-    def in_validation(self) -> bool:
-        """Whether this problem is a validation problem: a train-region problem picked by a second, salted hash."""
-        digest = hashlib.sha256((VALIDATION_SALT + self.expression).encode()).digest()
-        return self.split == "train" and int.from_bytes(digest[:4], "big") % PERCENT < VALIDATION_PERCENT
-
-    def in_split(self, split: str, exclude_validation: bool = False) -> bool:
-        """Membership of `split`; "train" includes the validation problems unless `exclude_validation`."""
-        if split == "validation":
-            return self.in_validation
-        return self.split == split and not (exclude_validation and self.in_validation)
+    def columns(self) -> dict:
+        """The problem's dataset columns besides the prompt."""
+        return {"solution": str(self.answer)}
 
     def prompt(self) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"Compute {self.expression}. {INSTRUCTION}"}]
@@ -86,7 +114,57 @@ class Problem:
         return f"{self.a} + {self.b} = {total}, {total} - {self.c} = {self.answer}. {boxed}"
 
 
-def _random_problem(rng: random.Random, config: EmbeddedConfig) -> Problem:
+@dataclass(frozen=True)
+class CountdownProblem(_SplitByHash):
+    """Reach `target` from `numbers` (each once) with `+ - *`; `plan` is the expression the target was made from."""
+
+    numbers: tuple[int, ...]
+    target: int
+    plan: str = field(
+        default="", compare=False
+    )  # one right answer (the warm-up's); not part of the problem's identity
+
+    @property
+    def key(self) -> str:
+        return f"countdown {','.join(map(str, self.numbers))} -> {self.target}"
+
+    def columns(self) -> dict:
+        return {"numbers": list(self.numbers), "target": self.target}
+
+    def prompt(self) -> list[dict[str, str]]:
+        numbers = ", ".join(map(str, self.numbers))
+        operators = " ".join(COUNTDOWN_OPERATORS)
+        return [
+            {
+                "role": "user",
+                "content": f"Make {self.target} from {numbers} with {operators}, each number once. {INSTRUCTION}",
+            }
+        ]
+
+    def completion(self, worked: bool = False) -> str:
+        """The warm-up's answer: the boxed plan."""
+        if worked:
+            raise ValueError("Countdown answers have no worked form.")
+        return f"\\boxed{{{self.plan}}}"
+
+
+def _random_countdown(rng: random.Random, config: EmbeddedConfig) -> CountdownProblem:
+    """Numbers drawn at random; the target is a random expression of them (random order and operators)."""
+    low, high = COUNTDOWN_TARGETS
+    while True:
+        numbers = tuple(rng.randint(config.min_operand, config.max_operand) for _ in range(config.num_operands))
+        order = list(numbers)
+        rng.shuffle(order)
+        operators = [rng.choice(COUNTDOWN_OPERATORS) for _ in range(len(order) - 1)]
+        plan = "".join(f"{n}{op}" for n, op in zip(order, [*operators, ""], strict=True))
+        value, _ = evaluate_expression(plan)
+        if low <= value <= high:
+            return CountdownProblem(numbers, int(value), plan)
+
+
+def _random_problem(rng: random.Random, config: EmbeddedConfig) -> Problem | CountdownProblem:
+    if config.task == "countdown":
+        return _random_countdown(rng, config)
     while True:
         a, b = rng.randint(config.min_operand, config.max_operand), rng.randint(config.min_operand, config.max_operand)
         if config.num_operands == 2:
@@ -103,7 +181,7 @@ def _split_rng(split: str, seed: int) -> random.Random:
     return random.Random(f"{split}-{seed}")
 
 
-def iter_problems(split: str, seed: int, config: EmbeddedConfig) -> Iterator[Problem]:
+def iter_problems(split: str, seed: int, config: EmbeddedConfig) -> Iterator[Problem | CountdownProblem]:
     """Endless deterministic stream of problems of `split` (with repeats): the supervised warm-up data."""
     rng = _split_rng(split, seed)
     while True:
@@ -118,7 +196,7 @@ def make_problems(
     seed: int = 0,
     config: EmbeddedConfig | None = None,
     exclude_validation: bool = False,
-) -> list[Problem]:
+) -> list[Problem | CountdownProblem]:
     """`n` distinct problems of `split` ("train", "validation" or "test"), deterministic in `seed`.
 
     With `exclude_validation`, "train" skips the validation problems (the same draws, minus those).
@@ -146,15 +224,29 @@ def make_dataset(
     config: EmbeddedConfig | None = None,
     exclude_validation: bool = False,
 ) -> Dataset:
-    """The task as a `datasets.Dataset` with TRL's columns: `prompt` (conversational) and `solution` (gold answer).
+    """The task as a `datasets.Dataset` with TRL's columns: `prompt` (conversational) and the verdict's columns.
+
+    Addition rows have `solution` (the gold answer, for `math_verifier`); countdown rows `numbers` and `target` (for
+    `countdown_reward`).
 
     Args:
         split: "train", "validation" or "test". "test" is disjoint from the other two whatever the seeds;
             "validation" is a part of the train region, disjoint from "train" only with `exclude_validation`.
         n: number of rows (distinct problems).
         seed: selects which problems are drawn; the same `(split, n, seed)` always gives the same rows.
-        config: operand range; defaults to the embedded default.
+        config: the task and its ranges; defaults to the embedded default (addition).
         exclude_validation: with split "train", leave out the validation problems.
     """
     problems = make_problems(split, n, seed, config, exclude_validation)
-    return Dataset.from_dict({"prompt": [p.prompt() for p in problems], "solution": [str(p.answer) for p in problems]})
+    rows = [{"prompt": p.prompt(), **p.columns()} for p in problems]
+    return Dataset.from_dict({name: [row[name] for row in rows] for name in rows[0]} if rows else {"prompt": []})
+
+
+def task_reward(config: EmbeddedConfig | None = None) -> Callable[..., list[float | None]]:
+    """The verdict of `config`'s task: `math_verifier` on `solution` (addition), `countdown_reward` (countdown)."""
+    config = config or DEFAULT_CONFIG
+    if config.task == "countdown":
+        return countdown_reward
+    from nft_trl.rewards.verifier import math_verifier
+
+    return math_verifier
