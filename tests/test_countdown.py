@@ -149,6 +149,21 @@ def test_config_validation_and_hash():
         EmbeddedConfig.countdown(num_operands=5)
     with pytest.raises(ValueError, match="min_operand"):
         EmbeddedConfig(min_operand=50, max_operand=10)
+    with pytest.raises(ValueError, match="subset of"):
+        EmbeddedConfig.countdown(countdown_operators="+/")
+
+
+def test_countdown_operators_choose_the_plans_and_the_prompt():
+    config = EmbeddedConfig.countdown(countdown_operators="+-", max_operand=19)
+    assert config.version_hash() != COUNTDOWN.version_hash()
+    problems = make_problems("train", 200, seed=0, config=config)
+    assert all("*" not in p.plan for p in problems) and any("-" in p.plan for p in problems)
+    assert max(max(p.numbers) for p in problems) > 9
+    assert "with + -, each number once" in problems[0].prompt()[0]["content"]
+    rewards = countdown_reward(
+        [p.completion() for p in problems], [list(p.numbers) for p in problems], [p.target for p in problems]
+    )
+    assert rewards == [1.0] * len(problems)
 
 
 @pytest.fixture(scope="module")

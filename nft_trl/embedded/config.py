@@ -12,7 +12,7 @@ from dataclasses import dataclass
 BUILD_FORMAT_VERSION = 3
 TASKS = ("addition", "countdown")
 # Fields added after the builds of this format existed: left out of the hash while at these values.
-HASH_EXEMPT_DEFAULTS = {"task": "addition"}
+HASH_EXEMPT_DEFAULTS = {"task": "addition", "countdown_operators": "+-*"}
 # The countdown preset (see `EmbeddedConfig.countdown`).
 COUNTDOWN_PRESET = {"task": "countdown", "num_operands": 3, "min_operand": 1, "max_operand": 9}
 
@@ -28,6 +28,7 @@ class EmbeddedConfig:
         worked_answer: warm up on a worked line before the box (`a + b = s, s - c = r. \\boxed{r}`) instead of the
             bare `\\boxed{r}` (addition only).
         min_operand, max_operand: range of the operands, or of countdown's numbers (inclusive).
+        countdown_operators: the operators of countdown's targets and prompts (a subset of "+-*").
         vocab_size: size of the byte-level BPE vocabulary (256 bytes + 3 special tokens + merges).
         tokenizer_corpus_size: number of chat-formatted training examples the tokenizer is trained on.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
@@ -48,6 +49,7 @@ class EmbeddedConfig:
     worked_answer: bool = False
     min_operand: int = 10
     max_operand: int = 99
+    countdown_operators: str = "+-*"
     vocab_size: int = 384
     tokenizer_corpus_size: int = 2_000
     hidden_size: int = 384
@@ -78,6 +80,8 @@ class EmbeddedConfig:
             raise ValueError(f"The addition task takes num_operands 2 or 3, got {self.num_operands}.")
         if self.task == "countdown" and not 2 <= self.num_operands <= 4:
             raise ValueError(f"The countdown task takes 2 to 4 numbers (num_operands), got {self.num_operands}.")
+        if not self.countdown_operators or set(self.countdown_operators) - set("+-*"):
+            raise ValueError(f"countdown_operators must be a subset of '+-*', got {self.countdown_operators!r}.")
         if not 0 <= self.min_operand <= self.max_operand:
             raise ValueError(f"Need 0 <= min_operand <= max_operand, got {self.min_operand} and {self.max_operand}.")
 

@@ -47,8 +47,7 @@ PERCENT = 100
 MAX_DRAWS_PER_ROW = 50
 
 INSTRUCTION = "Put the final answer in \\boxed{}."
-# Countdown: the operators of the target's expression, and the range of targets kept.
-COUNTDOWN_OPERATORS = "+-*"
+# Countdown: the range of targets kept.
 COUNTDOWN_TARGETS = (1, 99)
 
 
@@ -116,13 +115,15 @@ class Problem(_SplitByHash):
 
 @dataclass(frozen=True)
 class CountdownProblem(_SplitByHash):
-    """Reach `target` from `numbers` (each once) with `+ - *`; `plan` is the expression the target was made from."""
+    """Reach `target` from `numbers` (each once) with `operators`; `plan` is the expression the target was made from.
+
+    `plan` is one right answer (the warm-up's), not part of the problem's identity.
+    """
 
     numbers: tuple[int, ...]
     target: int
-    plan: str = field(
-        default="", compare=False
-    )  # one right answer (the warm-up's); not part of the problem's identity
+    operators: str = "+-*"
+    plan: str = field(default="", compare=False)
 
     @property
     def key(self) -> str:
@@ -133,7 +134,7 @@ class CountdownProblem(_SplitByHash):
 
     def prompt(self) -> list[dict[str, str]]:
         numbers = ", ".join(map(str, self.numbers))
-        operators = " ".join(COUNTDOWN_OPERATORS)
+        operators = " ".join(self.operators)
         return [
             {
                 "role": "user",
@@ -155,11 +156,11 @@ def _random_countdown(rng: random.Random, config: EmbeddedConfig) -> CountdownPr
         numbers = tuple(rng.randint(config.min_operand, config.max_operand) for _ in range(config.num_operands))
         order = list(numbers)
         rng.shuffle(order)
-        operators = [rng.choice(COUNTDOWN_OPERATORS) for _ in range(len(order) - 1)]
+        operators = [rng.choice(config.countdown_operators) for _ in range(len(order) - 1)]
         plan = "".join(f"{n}{op}" for n, op in zip(order, [*operators, ""], strict=True))
         value, _ = evaluate_expression(plan)
         if low <= value <= high:
-            return CountdownProblem(numbers, int(value), plan)
+            return CountdownProblem(numbers, int(value), config.countdown_operators, plan)
 
 
 def _random_problem(rng: random.Random, config: EmbeddedConfig) -> Problem | CountdownProblem:
