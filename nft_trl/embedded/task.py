@@ -5,12 +5,12 @@ Addition: `Compute a + b. Put the final answer in \\boxed{}.` (operands 10..99),
 `worked_answer=True` a worked line before the box. The gold answer is in the `solution` column, as TRL's accuracy
 rewards and `math_verifier` expect. A wrong answer is mostly a near miss (a digit or a carry off).
 
-Countdown (`EmbeddedConfig.countdown()`): `Make 22 from 3, 5, 7 with + - *, each number once. Put the final answer in
-\\boxed{}.`, answered with an expression, e.g. `\\boxed{3*5+7}`; the target is the value of a random expression of
-the numbers (a random order and operators from `+ - *`, standard precedence, targets 1..99). Every expression that
-uses each number once and reaches the target is right (`nft_trl.rewards.countdown.countdown_reward`, reading the
-`numbers` and `target` columns), so a wrong answer is a different plan, not a near miss. `task_reward(config)` gives
-each task's verdict.
+Countdown (`EmbeddedConfig.countdown()`): `Make 22 from 12, 7, 3 with + -, each number once. Put the final answer in
+\\boxed{}.`, answered with an expression, e.g. `\\boxed{12+7+3}`; the target is the value of a random expression of
+the numbers (a random order and operators from `countdown_operators`, standard precedence, targets 1..99). Every
+expression that uses each number once and reaches the target is right (`nft_trl.rewards.countdown.countdown_reward`,
+reading the `numbers` and `target` columns), so a wrong answer is a different plan, not a near miss. `task_reward`
+gives each task's verdict.
 
 Prompts are TRL conversational prompts (`[{"role": "user", ...}]`). Every problem belongs to exactly one of
 "train" and "test" (decided by a hash of the problem), so train and held-out sets are disjoint for any seed. A third
@@ -47,7 +47,7 @@ PERCENT = 100
 MAX_DRAWS_PER_ROW = 50
 
 INSTRUCTION = "Put the final answer in \\boxed{}."
-# Countdown: the range of targets kept.
+# Countdown: the range of targets kept (the operators are `EmbeddedConfig.countdown_operators`).
 COUNTDOWN_TARGETS = (1, 99)
 
 
