@@ -191,3 +191,9 @@ def test_tiny_countdown_build_and_one_nft_step(tiny_countdown, tmp_path):
     trainer.train()
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert logged and 0.0 <= logged[0]["reward"] <= 1.0
+
+
+def test_recipes_name_it():
+    from nft_trl.cli.train import resolve_reward_funcs
+
+    assert resolve_reward_funcs(["countdown_reward"]) == [countdown_reward]
