@@ -51,6 +51,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
 from nft_trl.embedded import EmbeddedConfig, embedded_path, make_dataset, task_reward  # noqa: E402
+from nft_trl.embedded.config import TASKS  # noqa: E402
 from nft_trl.embedded.demo import HeldOutAccuracyCallback  # noqa: E402
 from nft_trl.evaluation import evaluate_accuracy, pass_at_k  # noqa: E402
 from nft_trl.evaluation.metrics import default_pass_ks  # noqa: E402
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=("tune", "final", "report"), required=True)
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/compare_algorithms)")
     parser.add_argument("--pilot", action="store_true", help="tiny settings, for testing the pipeline")
-    parser.add_argument("--task", choices=("addition", "countdown"), default="addition", help="the embedded task")
+    parser.add_argument("--task", choices=TASKS, default="addition", help="the embedded task")
     parser.add_argument("--max_cells", type=int, default=None, help="run at most this many unfinished cells")
     parser.add_argument("--only", nargs="*", default=[], help="KEY=V1,V2 filters on start, regime, variant, lr, seed")
     parser.add_argument("--no_report", action="store_true", help="do not write the report after running cells")

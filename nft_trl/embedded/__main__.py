@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 
-from .config import EmbeddedConfig
+from .config import TASKS, EmbeddedConfig
 from .model import CACHE_ENV_VAR, MANIFEST_NAME, SHIPPED_DIR, embedded_path, ship
 
 
@@ -21,9 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         "--cache_dir", default=None, help=f"cache root (default: ${CACHE_ENV_VAR} or ~/.cache/nft_trl)"
     )
     parser.add_argument("--ship", action="store_true", help=f"with build: copy the build to {SHIPPED_DIR}")
-    parser.add_argument(
-        "--task", choices=["addition", "countdown"], default="addition", help="the task (countdown: its preset)"
-    )
+    parser.add_argument("--task", choices=TASKS, default="addition", help="the task (countdown: its preset)")
     parser.add_argument("--seed", type=int, default=None, help="build seed (default: the preset's, 1)")
     args = parser.parse_args(argv)
     overrides = {} if args.seed is None else {"seed": args.seed}

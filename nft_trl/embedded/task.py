@@ -122,7 +122,7 @@ class CountdownProblem(_SplitByHash):
 
     numbers: tuple[int, ...]
     target: int
-    operators: str = "+-*"
+    operators: str
     plan: str = field(default="", compare=False)
 
     @property
