@@ -97,15 +97,14 @@ def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path
     from test_embedded import TINY
 
     from nft_trl.embedded import CACHE_ENV_VAR, EmbeddedConfig
+    from nft_trl.embedded.config import COUNTDOWN_PRESET
 
     settings = compare.for_task(compare.PROTOCOL, "countdown")
     assert settings.starts == ("countdown1", "countdown2")
     assert dataclasses.replace(settings, starts=compare.PROTOCOL.starts) == compare.PROTOCOL
     assert compare.STARTS["countdown2"] == EmbeddedConfig.countdown(seed=2)
     # A tiny countdown build stands in for the real one (which takes minutes to build).
-    countdown = EmbeddedConfig.countdown()
-    fields = ("task", "num_operands", "min_operand", "max_operand", "countdown_operators")
-    tiny = dataclasses.replace(TINY, **{name: getattr(countdown, name) for name in fields})
+    tiny = dataclasses.replace(TINY, **COUNTDOWN_PRESET)
     monkeypatch.setitem(compare.STARTS, "countdown1", tiny)
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
     out = tmp_path / "out"

@@ -10,6 +10,7 @@ from test_embedded import TINY
 
 from nft_trl import NFTConfig, NFTTrainer
 from nft_trl.embedded import EmbeddedConfig, embedded_path, load_embedded_model, make_dataset, make_problems
+from nft_trl.embedded.config import COUNTDOWN_PRESET
 from nft_trl.embedded.model import shipped_version
 from nft_trl.embedded.task import COUNTDOWN_TARGETS, task_reward
 from nft_trl.rewards.columns import check_reward_columns
@@ -169,8 +170,7 @@ def test_countdown_operators_choose_the_plans_and_the_prompt():
 
 @pytest.fixture(scope="module")
 def tiny_countdown(tmp_path_factory):
-    fields = ("task", "num_operands", "min_operand", "max_operand", "countdown_operators")
-    config = dataclasses.replace(TINY, **{name: getattr(COUNTDOWN, name) for name in fields})
+    config = dataclasses.replace(TINY, **COUNTDOWN_PRESET)
     return config, embedded_path(cache_dir=tmp_path_factory.mktemp("cache"), config=config)
 
 

@@ -6,7 +6,8 @@ wrong answer is a different plan; `EmbeddedConfig.countdown()`); `tokenizer` tra
 tokenizers (the task's and the tests' tiny one); `model` builds random Qwen2 models and the embedded model, a
 3.3M-parameter Qwen2 warmed up to about 45% accuracy, which ships with the package (`pretrained/`) so the demo starts
 at once; `demo` is what `accelerate launch examples/train_nft.py` runs with no model: NFT on that model, with
-held-out accuracy before and after and a learning-curve PNG. `python -m nft_trl.embedded build` rebuilds the model deterministically.
+held-out accuracy before and after and a learning-curve PNG. `python -m nft_trl.embedded build` rebuilds the model
+deterministically.
 
 >>> from nft_trl.embedded import load_embedded_model, make_dataset
 >>> model, tokenizer = load_embedded_model()
