@@ -12,33 +12,17 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from nft_trl.evaluation.metrics import t_interval
 
-# Two-sided 95% quantiles of Student's t, t(0.975, df), for df = 1..30 (beyond 30 the normal quantile is close).
-T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-Z_975 = 1.960
+
 REFERENCE = "nft"
 # Paired differences A - B reported besides NFT - X: the weighting alone, and NFT's GRPO-like weighting vs GRPO.
 EXTRA_PAIRS = (("rft_w", "rft"), ("nft_sqrt", "grpo"))
 PAIR_METRICS = ("sampled", "greedy", "pass@16", "entropy_last")
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """`(mean, half-width)` of the t-based 95% interval of the mean; the half-width is NaN for fewer than 2 values."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    df = len(values) - 1
-    t = T_975[df - 1] if df <= len(T_975) else Z_975
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def metric(result: dict, name: str) -> float:

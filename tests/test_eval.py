@@ -38,6 +38,7 @@ from nft_trl.evaluation import (
 )
 from nft_trl.evaluation.benchmarks import olympiad_gold
 from nft_trl.evaluation.generation import Sample
+from nft_trl.evaluation.metrics import t_interval
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +144,16 @@ def test_bootstrap_interval():
     low2, high2 = bootstrap_interval([[1.0] * 5, [0.0, 1.0] * 5])
     assert low2 <= 0.75 <= high2 and high2 <= 1.0
     assert all(math.isnan(x) for x in bootstrap_interval([]))
+
+
+def test_t_interval():
+    # 4 values, sd 1.29: t(0.975, 3) = 3.182 times sd / sqrt(4).
+    mean, half = t_interval([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and half == pytest.approx(3.182 * 1.2910 / 2, rel=1e-4)
+    # Beyond 30 degrees of freedom the normal quantile.
+    mean, half = t_interval([0.0, 1.0] * 20)
+    assert half == pytest.approx(1.960 * 0.50637 / math.sqrt(40), rel=1e-4)
+    assert t_interval([0.7]) == (0.7, pytest.approx(math.nan, nan_ok=True))
 
 
 def test_presets_and_overrides():

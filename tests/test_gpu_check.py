@@ -35,6 +35,12 @@ def test_dry_run_prints_every_check(gpu_check, capsys):
     for kind in ("nft", "grpo"):
         assert re.search(rf"^{kind} +median step +[\d.]+ ms .* [\d.]+ completion tokens/s$", out, re.M)
     assert re.search(r"^step-time ratio NFT/GRPO: \d+\.\d{3} \(target <= 1\.02\)$", out, re.M)
+    assert re.search(
+        r"^step-time ratio per round pair \(2 pairs\): min-max [\d.]+-[\d.]+, 95% interval of the geometric mean "
+        r"[\d.]+-[\d.]+$",
+        out,
+        re.M,
+    )
     assert re.search(r"^peak memory ratio NFT/GRPO: (nan|\d+\.\d{3}) \(target <= 1\.01\)", out, re.M)
     # Gradient error: the default eps and the eps=0.1 ablation, overall and near the clamp, plus the baseline.
     number = r"(\d\.\d\de[-+]\d\d|nan)"
@@ -67,3 +73,23 @@ def test_a_failed_check_fails_the_script(gpu_check, capsys, monkeypatch):
     monkeypatch.setattr(gpu_check, "zero3_check", lambda opts: {"status": "FAIL", "detail": "exit code 1"})
     assert gpu_check.main(["--dry-run"]) == 1
     assert "FAILED: ZeRO-3" in capsys.readouterr().out
+
+
+def test_step_time_is_judged_on_the_interval_of_paired_rounds(gpu_check):
+    # Pairs scattered around 1.00: the interval is within the target.
+    low, high = gpu_check.ratio_interval([0.99, 1.00, 1.01, 1.00, 0.995, 1.005])
+    assert low < 1.0 < high <= 1.02
+    assert gpu_check.step_time_verdict((low, high)) == "PASS"
+    # Clearly slower in every pair: the whole interval is above the target.
+    assert gpu_check.step_time_verdict(gpu_check.ratio_interval([1.10, 1.12, 1.09, 1.11])) == "FAIL"
+    # The spread seen on an H200 with 2-4 rounds (0.83-1.08): no verdict either way.
+    assert gpu_check.step_time_verdict(gpu_check.ratio_interval([0.83, 1.08, 0.92, 1.01])) == "INCONCLUSIVE"
+    # One pair gives no interval, hence no verdict.
+    assert gpu_check.step_time_verdict(gpu_check.ratio_interval([1.0])) == "INCONCLUSIVE"
+
+
+def test_only_a_failed_check_fails_the_script(gpu_check):
+    assert gpu_check.failed_checks("PASS", True, "OK") == []
+    assert gpu_check.failed_checks("INCONCLUSIVE (more rounds)", None, "SKIP") == []
+    assert gpu_check.failed_checks("not judged (dry run)", None, "OK") == []
+    assert gpu_check.failed_checks("FAIL", False, "FAIL") == ["step-time ratio", "peak memory ratio", "ZeRO-3"]

@@ -1,4 +1,4 @@
-"""Per-problem estimators (avg@k, unbiased pass@k, maj@k) and seeded bootstrap intervals over problems.
+"""Per-problem estimators (avg@k, unbiased pass@k, maj@k), seeded bootstrap intervals over problems, t-intervals.
 
 Every estimator here works on ONE problem (its `n` verifier scores, or its `n` extracted answers); a benchmark score is
 the mean of the per-problem values, and its uncertainty comes from resampling problems, not samples: with 30 AIME
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 
@@ -22,6 +23,14 @@ import numpy as np
 
 DEFAULT_BOOTSTRAP_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
+
+# Two-sided 95% quantiles of Student's t, t(0.975, df), for df = 1..30 (beyond 30 the normal quantile is close).
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+Z_975 = 1.960
 
 _SPACES = re.compile(r"\s+")
 _SIZING = re.compile(r"\\(left|right|!|,|;|:)")
@@ -141,3 +150,13 @@ def bootstrap_interval(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(stats, [tail, 1.0 - tail])
     return (float(low), float(high))
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """`(mean, half-width)` of the t-based 95% interval of the mean; the half-width is NaN for fewer than 2 values."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    df = len(values) - 1
+    t = T_975[df - 1] if df <= len(T_975) else Z_975
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
