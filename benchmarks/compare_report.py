@@ -62,11 +62,26 @@ def summarise(results: list[dict], phase: str, metrics: list[str]) -> list[dict[
     return rows
 
 
+def pair_verdict(per_start: dict, pooled: tuple[float, float], starts, n_seeds: int) -> str:
+    """The protocol's verdict on one paired difference.
+
+    "incomplete" until every starting model has all `n_seeds` pairs; then "differs" when the pooled interval
+    `(mean, half-width)` excludes 0 and every starting model's mean difference has the pooled mean's sign, else
+    "within interval". `per_start` maps a starting model to `(mean, half-width, n pairs)`.
+    """
+    mean, half = pooled
+    if any(start not in per_start or per_start[start][2] < n_seeds for start in starts) or math.isnan(half):
+        return "incomplete"
+    signs = {math.copysign(1, m) for m, _, _ in per_start.values()}
+    if abs(mean) > half and signs == {math.copysign(1, mean)}:
+        return "differs"
+    return "within interval"
+
+
 def paired_differences(results: list[dict], settings) -> list[dict[str, Any]]:
     """NFT - X (and `EXTRA_PAIRS`) on the final cells, per starting model and pooled, for each of `PAIR_METRICS`.
 
-    A pair is the two runs with the same (seed, regime, starting model). The verdict follows the protocol: "differs"
-    when the pooled interval excludes 0 and both starting models' mean differences have its sign.
+    A pair is the two runs with the same (seed, regime, starting model); the verdict is `pair_verdict`'s.
     """
     cells = {}
     for r in results:
@@ -93,13 +108,7 @@ def paired_differences(results: list[dict], settings) -> list[dict[str, Any]]:
                 if not pooled:
                     continue
                 mean, half = t_interval(pooled)
-                signs = {math.copysign(1, m) for m, _, _ in per_start.values()}
-                if len(per_start) < len(settings.starts) or math.isnan(half):
-                    verdict = "incomplete"
-                elif abs(mean) > half and signs == {math.copysign(1, mean)}:
-                    verdict = "differs"
-                else:
-                    verdict = "within interval"
+                verdict = pair_verdict(per_start, (mean, half), settings.starts, len(settings.final_seeds))
                 rows.append(
                     {
                         "regime": regime,
@@ -169,7 +178,7 @@ def markdown(settings, results, starts, chosen, summary, phase, paired) -> str:
             "## Paired differences A - B (final phase; same seed, regime and starting model)",
             "",
             "Points for accuracies, nats for entropy; per starting model (n pairs) and pooled. 'differs': the pooled "
-            "interval excludes 0 and both starting models agree in sign.",
+            "interval excludes 0 and both starting models agree in sign; 'incomplete' until both have all their final seeds.",
             "",
             "| regime | A - B | metric | " + " | ".join(settings.starts) + " | pooled | verdict |",
             "|---|---|---|" + "---|" * len(settings.starts) + "---|---|",

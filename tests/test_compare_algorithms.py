@@ -53,6 +53,20 @@ def test_learning_rate_choice_takes_the_best_mean_and_the_smaller_on_ties(compar
     assert group in compare.final_grid(settings, chosen)[1]
 
 
+def test_pair_verdict_waits_for_every_seed_then_needs_both_models_to_agree(compare):
+    import compare_report
+
+    starts = ("build1", "build2")
+    full = {"build1": (-2.0, 1.0, 5), "build2": (-1.0, 1.5, 5)}
+    assert compare_report.pair_verdict(full, (-1.5, 0.8), starts, 5) == "differs"
+    assert compare_report.pair_verdict(full, (-1.5, 1.6), starts, 5) == "within interval"
+    opposite = {"build1": (-2.0, 1.0, 5), "build2": (0.5, 1.5, 5)}
+    assert compare_report.pair_verdict(opposite, (-0.9, 0.8), starts, 5) == "within interval"
+    partial = {"build1": (-2.0, 1.0, 5), "build2": (-1.0, 1.5, 3)}
+    assert compare_report.pair_verdict(partial, (-1.5, 0.8), starts, 5) == "incomplete"
+    assert compare_report.pair_verdict({"build1": full["build1"]}, (-2.0, 1.0), starts, 5) == "incomplete"
+
+
 def test_pilot_runs_resumes_and_reports(compare, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["--pilot", "--out", str(out), "--only", "variant=nft", "regime=on"]
