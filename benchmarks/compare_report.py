@@ -178,7 +178,8 @@ def markdown(settings, results, starts, chosen, summary, phase, paired) -> str:
             "## Paired differences A - B (final phase; same seed, regime and starting model)",
             "",
             "Points for accuracies, nats for entropy; per starting model (n pairs) and pooled. 'differs': the pooled "
-            "interval excludes 0 and both starting models agree in sign; 'incomplete' until both have all their final seeds.",
+            "interval excludes 0 and both starting models agree in sign; 'incomplete' until both have all their "
+            "final seeds.",
             "",
             "| regime | A - B | metric | " + " | ".join(settings.starts) + " | pooled | verdict |",
             "|---|---|---|" + "---|" * len(settings.starts) + "---|---|",
