@@ -21,15 +21,21 @@ Variants: `nft` (NFTTrainer, the paper's defaults), `rft` (`negative_weight=0`, 
 Tasks: `addition` (the embedded default; starting models `build1`, `build2`) and `countdown` (`--task countdown`:
 `EmbeddedConfig.countdown()`, starting models `countdown1`, `countdown2`, built on first use; graded by
 `countdown_reward`; results in `..._countdown/`). The settings are the same for both.
+
+Starting models other than the shipped one are built on first use and kept with the results (`<out>/models/<start>/`),
+since a rebuild on another machine can differ; each cell records the fingerprint of the weights it began from, and
+runs from different weights under one name are refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,6 +59,7 @@ from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
 from nft_trl.embedded import EmbeddedConfig, embedded_path, make_dataset, task_reward  # noqa: E402
 from nft_trl.embedded.config import TASKS  # noqa: E402
 from nft_trl.embedded.demo import HeldOutAccuracyCallback  # noqa: E402
+from nft_trl.embedded.model import MANIFEST_NAME, SHIPPED_DIR, shipped_version  # noqa: E402
 from nft_trl.evaluation import evaluate_accuracy, pass_at_k  # noqa: E402
 from nft_trl.evaluation.metrics import default_pass_ks  # noqa: E402
 
@@ -236,9 +243,47 @@ def selected(cell: Cell, only: dict[str, set[str]]) -> bool:
 # One run
 
 
-def starting_model_path(start: str) -> str:
-    """The directory of a starting model: the shipped build, or a cached one (built on first use, 5-12 minutes)."""
-    return str(embedded_path(config=STARTS[start]))
+def starting_model_path(start: str, out: Path) -> str:
+    """The directory of a starting model: the shipped build, else the copy kept with the results in `<out>/models/`.
+
+    A build repeated on another machine can come out different (its float rounding differs, and thousands of warm-up
+    steps amplify that), so every run of a grid must start from one copy of each model. The first use builds it into
+    the cache (5-30 minutes) and copies it to `<out>/models/<start>/`, to be kept with the cells.
+    """
+    config = STARTS[start]
+    if shipped_version() == config.version_hash():
+        return str(SHIPPED_DIR)
+    kept = out / "models" / start
+    if (kept / MANIFEST_NAME).is_file():
+        if json.loads((kept / MANIFEST_NAME).read_text())["version"] != config.version_hash():
+            raise SystemExit(
+                f"{kept} holds another build than {start}'s settings; move it away to build {start} again."
+            )
+        return str(kept)
+    tmp = out / "models" / f".{start}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(embedded_path(config=config), tmp)
+    os.replace(tmp, kept)
+    return str(kept)
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 (first 16 hex digits) of a model directory's weight files: which starting model a run began from."""
+    digest = hashlib.sha256()
+    for weights in sorted(Path(path).glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_fingerprint(out: Path, start: str, fingerprint: str) -> None:
+    """Refuse to add runs from a starting model other than the one this grid's finished runs of `start` began from."""
+    for path in sorted((out / "starts").glob(f"{start}-*.json")) + sorted((out / "cells").glob(f"*-{start}-*.json")):
+        recorded = json.loads(path.read_text()).get("start_fingerprint")
+        if recorded is not None and recorded != fingerprint:
+            raise SystemExit(
+                f"{start}'s model (weights {fingerprint}) is not the one {path} began from ({recorded}). Restore that "
+                f"model to {out / 'models' / start}, or move {start}'s cells and starts away to run them all again."
+            )
 
 
 def eval_sets(settings: Settings, phase: str, start: str):
@@ -289,10 +334,9 @@ def training_config(settings: Settings, cell: Cell, output_dir: str):
     )
 
 
-def run_cell(settings: Settings, cell: Cell) -> dict[str, Any]:
-    """Train one cell from its starting model and evaluate it on its phase's set."""
+def run_cell(settings: Settings, cell: Cell, path: str) -> dict[str, Any]:
+    """Train one cell from its starting model (the directory `path`) and evaluate it on its phase's set."""
     trainer_cls = VARIANTS[cell.variant][0]
-    path = starting_model_path(cell.start)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     config = STARTS[cell.start]
@@ -336,9 +380,8 @@ def run_cell(settings: Settings, cell: Cell) -> dict[str, Any]:
     }
 
 
-def starting_point(settings: Settings, start: str, phase: str) -> dict[str, Any]:
+def starting_point(settings: Settings, start: str, phase: str, path: str) -> dict[str, Any]:
     """The starting model's metrics on the phase's set (the step-0 point of every curve of that model)."""
-    path = starting_model_path(start)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     eval_set, _ = eval_sets(settings, phase, start)
     return {
@@ -379,14 +422,19 @@ def run_cells(cells: list[Cell], settings: Settings, out: Path, max_cells: int |
     todo = [c for c in cells if not (out / "cells" / f"{c.name}.json").exists()]
     logger.info("%d cells selected, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
     ran = 0
+    models: dict[str, tuple[str, str]] = {}  # start -> (directory, fingerprint)
     for cell in todo[:max_cells]:
+        if cell.start not in models:
+            path = starting_model_path(cell.start, out)
+            models[cell.start] = (path, model_fingerprint(path))
+            check_fingerprint(out, cell.start, models[cell.start][1])
+        path, fingerprint = models[cell.start]
+        recorded = {"settings": settings_dict(settings), "start_fingerprint": fingerprint}
         starting = out / "starts" / f"{cell.start}-{PHASE_SPLIT[cell.phase]}.json"
         if not starting.exists():
-            write_json(
-                starting, {"settings": settings_dict(settings), **starting_point(settings, cell.start, cell.phase)}
-            )
-        result = run_cell(settings, cell)
-        write_json(out / "cells" / f"{cell.name}.json", {"settings": settings_dict(settings), **result})
+            write_json(starting, {**recorded, **starting_point(settings, cell.start, cell.phase, path)})
+        result = run_cell(settings, cell, path)
+        write_json(out / "cells" / f"{cell.name}.json", {**recorded, **result})
         ran += 1
         curve = result["curve"]
         logger.info(

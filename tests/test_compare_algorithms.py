@@ -82,7 +82,9 @@ def test_pilot_runs_resumes_and_reports(compare, tmp_path, monkeypatch):
     # A second invocation skips the finished cell and runs only the other learning rate.
     ran = []
     original = compare.run_cell
-    monkeypatch.setattr(compare, "run_cell", lambda settings, cell: ran.append(cell.name) or original(settings, cell))
+    monkeypatch.setattr(
+        compare, "run_cell", lambda settings, cell, path: ran.append(cell.name) or original(settings, cell, path)
+    )
     assert compare.main(["--phase", "tune", *args]) == 0
     assert ran == ["tune-build1-on-nft-lr0.0004-seed100"]
     assert cells[0].read_text() == json.dumps(first, indent=1)  # untouched
@@ -128,3 +130,18 @@ def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path
     assert cell["cell"]["start"] == "countdown1" and cell["settings"]["starts"] == ["countdown1"]
     assert 0.0 <= cell["final"]["sampled"] <= 1.0
     assert "| countdown1 | validation |" in (out / "results.md").read_text()
+
+    # The built model is kept with the results, and every run records which weights it began from.
+    kept = out / "models" / "countdown1"
+    fingerprint = compare.model_fingerprint(kept)
+    assert cell["start_fingerprint"] == fingerprint
+    assert json.loads((out / "starts" / "countdown1-validation.json").read_text())["start_fingerprint"] == fingerprint
+    # On another machine (no cache) the kept copy is used as it is: no rebuild, which could come out different.
+    monkeypatch.setattr(compare, "embedded_path", lambda **_: pytest.fail("rebuilt although a copy is kept"))
+    assert compare.main(["--phase", "tune", *args[:-1], "lr=0.0004", "--no_report"]) == 0
+    assert len(list((out / "cells").glob("*.json"))) == 2
+    # A different model under the same name is refused before any run, with what to do about it.
+    (weights,) = kept.glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes() + b" ")
+    with pytest.raises(SystemExit, match="is not the one .* Restore that model"):
+        compare.main(["--phase", "final", *args[:-1], "lr=0.0001,0.0004", "--no_report"])
