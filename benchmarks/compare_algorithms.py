@@ -22,7 +22,7 @@ Tasks: `addition` (the embedded default; starting models `build1`, `build2`) and
 `EmbeddedConfig.countdown()`, starting models `countdown1`, `countdown2`, built on first use; graded by
 `countdown_reward`; results in `..._countdown/`). The settings are the same for both.
 
-Starting models other than the shipped one are built on first use and kept with the results (`<out>/models/<start>/`),
+Starting models other than the shipped one are built on first use and kept with the results (`<out>/models/`),
 since a rebuild on another machine can differ; each cell records the fingerprint of the weights it began from, and
 runs from different weights under one name are refused.
 """
@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -59,7 +58,6 @@ from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
 from nft_trl.embedded import EmbeddedConfig, embedded_path, make_dataset, task_reward  # noqa: E402
 from nft_trl.embedded.config import TASKS  # noqa: E402
 from nft_trl.embedded.demo import HeldOutAccuracyCallback  # noqa: E402
-from nft_trl.embedded.model import MANIFEST_NAME, SHIPPED_DIR, shipped_version  # noqa: E402
 from nft_trl.evaluation import evaluate_accuracy, pass_at_k  # noqa: E402
 from nft_trl.evaluation.metrics import default_pass_ks  # noqa: E402
 
@@ -244,27 +242,14 @@ def selected(cell: Cell, only: dict[str, set[str]]) -> bool:
 
 
 def starting_model_path(start: str, out: Path) -> str:
-    """The directory of a starting model: the shipped build, else the copy kept with the results in `<out>/models/`.
+    """The directory of a starting model: the shipped build, else a build kept with the results under `<out>/models/`.
 
     A build repeated on another machine can come out different (its float rounding differs, and thousands of warm-up
-    steps amplify that), so every run of a grid must start from one copy of each model. The first use builds it into
-    the cache (5-30 minutes) and copies it to `<out>/models/<start>/`, to be kept with the cells.
+    steps can amplify that), so every run of a grid must start from one copy of each model: the embedded model's cache
+    mechanism, rooted in `<out>/models/` instead of the user's cache, builds it there on first use (5-30 minutes) and
+    finds it there afterwards (`embedded/<settings-hash>/`), to be kept with the cells.
     """
-    config = STARTS[start]
-    if shipped_version() == config.version_hash():
-        return str(SHIPPED_DIR)
-    kept = out / "models" / start
-    if (kept / MANIFEST_NAME).is_file():
-        if json.loads((kept / MANIFEST_NAME).read_text())["version"] != config.version_hash():
-            raise SystemExit(
-                f"{kept} holds another build than {start}'s settings; move it away to build {start} again."
-            )
-        return str(kept)
-    tmp = out / "models" / f".{start}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(embedded_path(config=config), tmp)
-    os.replace(tmp, kept)
-    return str(kept)
+    return str(embedded_path(cache_dir=out / "models", config=STARTS[start]))
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:
@@ -282,7 +267,7 @@ def check_fingerprint(out: Path, start: str, fingerprint: str) -> None:
         if recorded is not None and recorded != fingerprint:
             raise SystemExit(
                 f"{start}'s model (weights {fingerprint}) is not the one {path} began from ({recorded}). Restore that "
-                f"model to {out / 'models' / start}, or move {start}'s cells and starts away to run them all again."
+                f"model to {out / 'models'}, or move {start}'s cells and starts away to run them all again."
             )
 
 

@@ -112,6 +112,7 @@ def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path
 
     from test_embedded import TINY
 
+    import nft_trl.embedded.model as model_module
     from nft_trl.embedded import CACHE_ENV_VAR, EmbeddedConfig
     from nft_trl.embedded.config import COUNTDOWN_PRESET
 
@@ -132,12 +133,13 @@ def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path
     assert "| countdown1 | validation |" in (out / "results.md").read_text()
 
     # The built model is kept with the results, and every run records which weights it began from.
-    kept = out / "models" / "countdown1"
+    (kept,) = (out / "models" / "embedded").glob(tiny.version_hash())
     fingerprint = compare.model_fingerprint(kept)
     assert cell["start_fingerprint"] == fingerprint
     assert json.loads((out / "starts" / "countdown1-validation.json").read_text())["start_fingerprint"] == fingerprint
     # On another machine (no cache) the kept copy is used as it is: no rebuild, which could come out different.
-    monkeypatch.setattr(compare, "embedded_path", lambda **_: pytest.fail("rebuilt although a copy is kept"))
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(model_module, "build_embedded", lambda *_: pytest.fail("rebuilt although a copy is kept"))
     assert compare.main(["--phase", "tune", *args[:-1], "lr=0.0004", "--no_report"]) == 0
     assert len(list((out / "cells").glob("*.json"))) == 2
     # A different model under the same name is refused before any run, with what to do about it.
