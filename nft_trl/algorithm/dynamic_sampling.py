@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..runtime.checkpoints import atomic_write_text, read_json_state
 from .verdicts import Verdicts, mixed_groups
 
 
@@ -149,14 +150,13 @@ class DynamicSampler:
         return out
 
     def save(self, checkpoint_dir: str) -> None:
-        with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
-            json.dump(self.stream.state_dict(), f)
+        atomic_write_text(os.path.join(checkpoint_dir, STATE_FILE), json.dumps(self.stream.state_dict()))
 
     def load(self, checkpoint_dir: str) -> None:
-        path = os.path.join(checkpoint_dir, STATE_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                self.stream.load_state_dict(json.load(f))
+        """Restore the refill stream; a missing or damaged state file is an error that names it (resuming without it
+        would silently restart the stream and train on other prompts)."""
+        state = read_json_state(os.path.join(checkpoint_dir, STATE_FILE), "Dynamic sampling's refill state")
+        self.stream.load_state_dict(state)
 
 
 class RefillStream:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import textwrap
 from typing import Any
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from ..rewards.columns import check_reward_columns
+from ..runtime.resilient import ResilientTrainerMixin
 from .config import NFTConfig
 from .dynamic_sampling import DynamicSampler
 from .loss import aggregate_loss, group_correct_rate, loss_metric_sums, loss_metrics, nft_per_token_loss
@@ -36,7 +35,7 @@ _MULTIMODAL_KEYS = (
 )
 
 
-class NFTTrainer(GRPOTrainer):
+class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
     """Trainer for Negative-aware Fine-Tuning (NFT, [paper](https://huggingface.co/papers/2505.18116)).
 
     NFT keeps maximum likelihood on the answers a binary verifier marks correct and learns from the wrong ones through
@@ -50,11 +49,14 @@ class NFTTrainer(GRPOTrainer):
       (`nft_correct`), validity (`nft_valid`: the verdict reward returned a value) and group rate (`nft_correct_rate`),
       sliced per process exactly as TRL slices `advantages`; with `dynamic_sampling`, `DynamicSampler` adds rounds
       until the batch is full of mixed groups; `NoSignalMonitor` warns when whole batches have nothing to learn;
-    - `_save_checkpoint` / `_load_optimizer_and_scheduler`: also save and restore the refill stream's position;
+    - `_save_run_state` / `_load_optimizer_and_scheduler`: also save and restore the refill stream's position;
     - `_compute_loss`: the NFT loss (`nft_trl.algorithm.loss.nft_per_token_loss`) in place of GRPO's, aggregated per
       `loss_type` exactly as GRPO aggregates, with GRPO's gradient-accumulation scaling, vLLM importance-sampling
       correction, `tool_mask`, `mask_truncated_completions`, `top_entropy_quantile`, KL (`beta > 0`), MoE aux loss
       and multimodal inputs.
+
+    Checkpoints are crash-consistent and SIGTERM / SIGINT save one and stop (`nft_trl.runtime.resilient`, mixed in):
+    `resume_from_checkpoint=True` resumes from the newest complete checkpoint.
 
     Everything else (generation with transformers or vLLM in server or colocate mode, reward functions, PEFT,
     accelerate / DeepSpeed, logging, checkpoints, the model card) is GRPOTrainer's, unchanged.
@@ -171,11 +173,9 @@ class NFTTrainer(GRPOTrainer):
         logger.warning(message)
         self._warned_non_binary = True
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self._sampler is not None and self.args.should_save:
-            checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self._sampler.save(os.path.join(self._get_output_dir(trial=trial), checkpoint))
+    def _save_run_state(self, checkpoint_dir):
+        if self._sampler is not None:
+            self._sampler.save(checkpoint_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
