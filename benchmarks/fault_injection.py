@@ -211,7 +211,9 @@ def trial(fault: str, model: str, out: Path, extra: list[str], rng: random.Rando
     resumes = 0
     while not (out / "final_params.pt").exists():
         resumes += 1
-        done = _run(_command(model, out, *extra, "--resume"))
+        # What a user does: resume when a complete checkpoint exists, else start again (the fault hit the first save).
+        resume = ["--resume"] if any((c / MARKER).exists() for c in _checkpoints(out)) else []
+        done = _run(_command(model, out, *extra, *resume))
         if done.returncode != 0:
             result["resume_error"] = done.stderr[-1500:]
             break
