@@ -52,6 +52,8 @@ def test_unsupported_loss_type_names_the_supported_values(loss_type):
         ({"correct_rate_margin": 0.5}, r"correct_rate_margin must be in \[0, 0.5\)"),
         ({"correct_rate_margin": -0.01}, r"correct_rate_margin must be in \[0, 0.5\)"),
         ({"token_sum_divisor": 0.0}, "token_sum_divisor must be > 0"),
+        # some TRL releases route it to Liger's GRPO loss, around NFT's
+        ({"use_liger_kernel": True}, r"does not support `use_liger_kernel=True`.*use_kernels"),
     ],
 )
 def test_validation_says_what_to_change(kwargs, message):

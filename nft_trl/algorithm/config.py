@@ -35,7 +35,7 @@ class NFTConfig(GRPOConfig):
     0 by default and in the paper), `mask_truncated_completions`, `top_entropy_quantile`, the vLLM importance-sampling
     correction. GRPO options without a meaning in NFT are rejected when set: `epsilon`/`epsilon_high` are unused
     (NFT has no trust-region clip), and `delta`, `off_policy_mask_threshold`, `entropy_coef`, `use_adaptive_entropy`
-    raise. The advantage options (`scale_rewards`, `multi_objective_aggregation`, `reward_weights`) only affect the
+    raise, as does `use_liger_kernel` (some TRL releases route it to Liger's GRPO loss, around NFT's). The advantage options (`scale_rewards`, `multi_objective_aggregation`, `reward_weights`) only affect the
     advantages that TRL still computes and logs; they do not enter the NFT loss.
 
     Parameters:
@@ -262,6 +262,13 @@ class NFTConfig(GRPOConfig):
             )
         if self.token_sum_divisor <= 0:
             raise ValueError(f"token_sum_divisor must be > 0, got {self.token_sum_divisor} (the authors use 1000).")
+        if self.use_liger_kernel:
+            raise ValueError(
+                "NFTConfig does not support `use_liger_kernel=True`: some TRL releases send it to Liger's fused GRPO "
+                "loss, which replaces NFT's loss with GRPO's (TRL 1.16 uses it only for Liger's layer kernels and "
+                "deprecates it). Set use_liger_kernel=False; for fused kernels, load the model with the Hub kernels: "
+                'model_init_kwargs={"use_kernels": True}.'
+            )
         if self.beta < 0:
             raise ValueError(f"beta (KL coefficient) must be >= 0, got {self.beta}. NFT's recipe uses 0.")
         # GRPO options whose meaning does not carry over to NFT: reject rather than silently ignore.

@@ -7,6 +7,7 @@ import textwrap
 from typing import Any
 
 import torch
+import trl
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
@@ -53,7 +54,9 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
     - `_compute_loss`: the NFT loss (`nft_trl.algorithm.loss.nft_per_token_loss`) in place of GRPO's, aggregated per
       `loss_type` exactly as GRPO aggregates, with GRPO's gradient-accumulation scaling, vLLM importance-sampling
       correction, `tool_mask`, `mask_truncated_completions`, `top_entropy_quantile`, KL (`beta > 0`), MoE aux loss
-      and multimodal inputs.
+      and multimodal inputs;
+    - `compute_loss` / `training_step`: check that every loss was made by NFT's `_compute_loss`, so that no TRL
+      branch (such as the Liger GRPO loss that some releases take for `use_liger_kernel=True`) trains GRPO instead.
 
     Checkpoints are crash-consistent and SIGTERM / SIGINT save one and stop (`nft_trl.runtime.resilient`, mixed in):
     `resume_from_checkpoint=True` resumes from the newest complete checkpoint.
@@ -114,6 +117,7 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
         self._warned_non_binary = False
         self._sampler = DynamicSampler(self) if args.dynamic_sampling else None
         self._no_signal = NoSignalMonitor(args.warn_no_signal_steps)
+        self._nft_losses = 0  # losses made by NFT's _compute_loss; see _check_loss_is_nft
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -183,6 +187,38 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
             self._sampler.load(checkpoint)
 
     # ------------------------------------------------------------------------------------------------------ the loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        made = self._nft_losses
+        loss = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        self._check_loss_is_nft(made, "GRPOTrainer.compute_loss")
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        made = self._nft_losses
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._check_loss_is_nft(made, "GRPOTrainer.training_step")  # also catches a path that skips compute_loss
+        return loss
+
+    def _check_loss_is_nft(self, made: int, where: str) -> None:
+        """Raise unless NFT's `_compute_loss` made exactly one loss since the count was `made`.
+
+        GRPOTrainer may route the loss elsewhere: some TRL releases send `use_liger_kernel=True` to Liger's fused GRPO
+        loss (`compute_liger_loss`), which never calls `_compute_loss`, and a later release may add another branch.
+        Such a path would train with GRPO's loss under NFT's name without a word; counting the losses NFT made catches
+        any of them on the first micro-batch, before the optimizer steps.
+        """
+        count = self._nft_losses - made
+        if count != 1:
+            raise RuntimeError(
+                f"NFTTrainer: {where} of TRL {trl.__version__} produced a loss that NFT's _compute_loss did not make "
+                f"(it ran {count} times for this micro-batch instead of once). This TRL routes the loss through "
+                "another path (e.g. the Liger GRPO loss of use_liger_kernel=True), which would train with GRPO's loss "
+                "instead of NFT's. Turn off the option that selects that path, or install the TRL release nft-trl "
+                "supports (trl>=1.16,<1.17)."
+            )
+
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
@@ -251,6 +287,7 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
         self._log_loss_metrics(mode, stats, policy_loss, entropies, mask, per_token_kl)
+        self._nft_losses += 1
         return loss
 
     def _log_loss_metrics(self, mode, stats, policy_loss, entropies, mask, per_token_kl):
