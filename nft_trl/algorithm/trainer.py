@@ -12,6 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..rewards.checked import checked_rewards
 from ..rewards.columns import check_reward_columns
 from .config import NFTConfig
 from .dynamic_sampling import DynamicSampler
@@ -55,6 +56,10 @@ class NFTTrainer(GRPOTrainer):
       `loss_type` exactly as GRPO aggregates, with GRPO's gradient-accumulation scaling, vLLM importance-sampling
       correction, `tool_mask`, `mask_truncated_completions`, `top_entropy_quantile`, KL (`beta > 0`), MoE aux loss
       and multimodal inputs.
+
+    Each callable reward function is wrapped once (`nft_trl.rewards.checked`) so that one that raises or returns a
+    non-number, NaN, inf or the wrong number of rewards fails naming itself and the row; its name, signature and
+    sync/async kind are TRL's. `None` stays the way to say "cannot judge".
 
     Everything else (generation with transformers or vLLM in server or colocate mode, reward functions, PEFT,
     accelerate / DeepSpeed, logging, checkpoints, the model card) is GRPOTrainer's, unchanged.
@@ -107,11 +112,13 @@ class NFTTrainer(GRPOTrainer):
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs
         )
+        # A reward that raises or returns a non-number, NaN or inf fails naming itself and the row (rewards/checked).
+        self.reward_funcs = checked_rewards(self.reward_funcs, self.reward_func_names)
         self._verdict_index = verdict_index(self.reward_func_names, args.correctness_reward)
         self._gathered_rewards: torch.Tensor | None = None
         self._warned_non_binary = False
         self._sampler = DynamicSampler(self) if args.dynamic_sampling else None
-        self._no_signal = NoSignalMonitor(args.warn_no_signal_steps)
+        self._no_signal = NoSignalMonitor(args.warn_no_signal_steps, self.reward_func_names[self._verdict_index])
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
