@@ -49,7 +49,7 @@ def test_verdict_index_and_non_binary_message():
 
 
 def test_monitor_warns_once_after_patience_steps_in_a_row():
-    monitor = NoSignalMonitor(patience=3)
+    monitor = NoSignalMonitor(patience=3, reward_name="verifier")
     all_wrong_truncated = verdicts([0] * 8, truncated=[1] * 6 + [0] * 2)
     assert monitor.observe(all_wrong_truncated, 4) is None
     assert monitor.observe(verdicts([1, 0, 0, 0, 0, 0, 0, 0]), 4) is None  # a mixed group resets the count
@@ -57,17 +57,43 @@ def test_monitor_warns_once_after_patience_steps_in_a_row():
     assert monitor.observe(all_wrong_truncated, 4) is None
     message = monitor.observe(all_wrong_truncated, 4)
     assert message is not None
-    assert "for 3 generation steps in a row" in message and "correct rate 0.0%" in message
-    assert "75.0% of the answers truncated" in message and "longer max_completion_length" in message
-    assert "easier prompts" in message and "dynamic_sampling=True" in message
+    assert "for 3 generation steps in a row" in message and "every scored answer was wrong" in message
+    assert "verdicts of 'verifier': correct rate 0.0%, 75.0% of the answers truncated" in message
+    assert "over 24 scored answers" in message and "longer max_completion_length" in message
+    assert (
+        "easier prompts" in message and "check that 'verifier' reads" in message and "dynamic_sampling=True" in message
+    )
+    assert "cannot judge" not in message and "harder prompts" not in message
     assert monitor.observe(all_wrong_truncated, 4) is None, "warns once"
     all_right = verdicts([1] * 8)
-    quiet = NoSignalMonitor(patience=1)
-    assert (
-        "harder prompts" in quiet.observe(all_right, 4)
-        and "longer max_completion_length" not in message.split("Likely fixes")[0]
-    )
-    assert NoSignalMonitor(patience=0).observe(all_right, 4) is None, "0 disables"
+    message = NoSignalMonitor(patience=1, reward_name="verifier").observe(all_right, 4)
+    assert "every scored answer was right" in message and "verdicts of 'verifier': correct rate 100.0%" in message
+    assert "harder prompts" in message and "easier prompts" not in message
+    assert "longer max_completion_length" not in message
+    assert NoSignalMonitor(patience=0, reward_name="verifier").observe(all_right, 4) is None, "0 disables"
+
+
+def test_monitor_tells_unscored_from_too_hard_and_too_easy():
+    unscored = verdicts([0] * 8, valid=[0] * 8, truncated=[1] * 8)
+    monitor = NoSignalMonitor(patience=2, reward_name="math_verifier")
+    assert monitor.observe(unscored, 4) is None
+    message = monitor.observe(unscored, 4)
+    assert "'math_verifier' returned None (cannot judge) for all 16 answers" in message
+    assert "gold-answer or verdict problem, not the prompts' difficulty" in message and "gold column" in message
+    for advice in ("easier prompts", "harder prompts", "max_completion_length", "correct rate"):
+        assert advice not in message, advice
+
+    # Some groups all right, the others unscored: the unscored share is reported beside the cause.
+    half = verdicts([1, 1, 1, 1, 0, 0, 0, 0], valid=[1, 1, 1, 1, 0, 0, 0, 0])
+    message = NoSignalMonitor(patience=1, reward_name="math_verifier").observe(half, 4)
+    assert "every scored answer was right" in message and "over 4 scored answers" in message
+    assert "'math_verifier' returned None (cannot judge) for 4 of the 8 answers" in message
+
+    # All right and all wrong groups side by side: neither too hard nor too easy as a whole.
+    split = verdicts([1, 1, 1, 1, 0, 0, 0, 0])
+    message = NoSignalMonitor(patience=1, reward_name="math_verifier").observe(split, 4)
+    assert "each question's answers were all right or all wrong" in message and "correct rate 50.0%" in message
+    assert "more num_generations" in message and "cannot judge" not in message
 
 
 def test_trainer_warns_when_nothing_can_be_learned(tmp_path, tiny_model, tiny_tokenizer, scripted_generation, caplog):
@@ -80,6 +106,9 @@ def test_trainer_warns_when_nothing_can_be_learned(tmp_path, tiny_model, tiny_to
         trainer.train()
     warnings = [r.getMessage() for r in caplog.records if "Nothing to learn" in r.getMessage()]
     assert len(warnings) == 1
-    assert "for 2 generation steps in a row" in warnings[0] and "correct rate 0.0%" in warnings[0]
+    assert (
+        "for 2 generation steps in a row" in warnings[0]
+        and "verdicts of 'always_wrong': correct rate 0.0%" in warnings[0]
+    )
     grad_norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
     assert grad_norms and all(g == 0 for g in grad_norms), "the warning is right: nothing moved"

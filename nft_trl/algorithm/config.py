@@ -93,7 +93,8 @@ class NFTConfig(GRPOConfig):
         warn_no_signal_steps (`int`, *optional*, defaults to `5`):
             Warn (once) when this many generation steps in a row hold no question with both a right and a wrong
             answer: NFT's gradient is then zero. The warning gives the correct rate, the share of truncated answers
-            and the likely fixes. `0` disables it.
+            and the likely fixes, and tells a verdict reward that judged no answer (returned `None`: a gold-answer or
+            verdict problem) from answers all wrong or all right. `0` disables it.
     """
 
     negative_weight: float = field(
@@ -195,7 +196,8 @@ class NFTConfig(GRPOConfig):
         default=5,
         metadata={
             "help": "Warn once when this many generation steps in a row hold no question with both a right and a "
-            "wrong answer (nothing to learn), with the correct rate, truncated share and likely fixes. 0 disables."
+            "wrong answer (nothing to learn), with the correct rate, truncated share and likely fixes; a verdict "
+            "reward that judged no answer (returned None) is called a gold-answer or verdict problem. 0 disables."
         },
     )
 

@@ -11,6 +11,7 @@ import trl
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..rewards.checked import checked_rewards
 from ..rewards.columns import check_reward_columns
 from ..runtime.resilient import ResilientTrainerMixin
 from .config import NFTConfig
@@ -60,6 +61,10 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
 
     Checkpoints are crash-consistent and SIGTERM / SIGINT save one and stop (`nft_trl.runtime.resilient`, mixed in):
     `resume_from_checkpoint=True` resumes from the newest complete checkpoint.
+
+    Each callable reward function is wrapped once (`nft_trl.rewards.checked`) so that one that raises or returns a
+    non-number, NaN, inf or the wrong number of rewards fails naming itself and the row; its name, signature and
+    sync/async kind are TRL's. `None` stays the way to say "cannot judge".
 
     Everything else (generation with transformers or vLLM in server or colocate mode, reward functions, PEFT,
     accelerate / DeepSpeed, logging, checkpoints, the model card) is GRPOTrainer's, unchanged.
@@ -112,11 +117,13 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs
         )
+        # A reward that raises or returns a non-number, NaN or inf fails naming itself and the row (rewards/checked).
+        self.reward_funcs = checked_rewards(self.reward_funcs, self.reward_func_names)
         self._verdict_index = verdict_index(self.reward_func_names, args.correctness_reward)
         self._gathered_rewards: torch.Tensor | None = None
         self._warned_non_binary = False
         self._sampler = DynamicSampler(self) if args.dynamic_sampling else None
-        self._no_signal = NoSignalMonitor(args.warn_no_signal_steps)
+        self._no_signal = NoSignalMonitor(args.warn_no_signal_steps, self.reward_func_names[self._verdict_index])
         self._nft_losses = 0  # losses made by NFT's _compute_loss; see _check_loss_is_nft
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

@@ -2,9 +2,10 @@
 
 NFT needs a binary verdict per answer; TRL's rewards may be continuous, missing (`None` becomes NaN) or spread over
 several functions. `judge` thresholds the verdict reward, `group_stats` summarises a generation batch for the logs,
-`non_binary_message` describes a verdict reward that is not binary, and `NoSignalMonitor` notices when whole
-generation batches hold no group with both a right and a wrong answer (nothing to learn). All of it works on the
-batch gathered from every process, so every process reaches the same conclusions without a collective.
+`non_binary_message` describes a verdict reward that is not binary, `NoSignalMonitor` notices when whole generation
+batches hold no group with both a right and a wrong answer (nothing to learn) and `no_signal_message` says why: no
+answer judged (a gold or verdict problem), all wrong (too hard, truncated) or all right (too easy). All of it works on
+the batch gathered from every process, so every process reaches the same conclusions without a collective.
 """
 
 from __future__ import annotations
@@ -98,41 +99,79 @@ class NoSignalMonitor:
 
     A group whose answers are all right or all wrong gives no gradient (`w = 1 - r_hat = 0`, or `x = 1` exactly), so
     such steps leave the model unchanged while the run looks healthy. `observe` takes one generation step's verdicts
-    (every dynamic-sampling round of it) and returns the warning to log, once, or None.
+    (every dynamic-sampling round of it) and returns the warning to log, once, or None. `reward_name` is the verdict
+    reward's name, for the message when it judged nothing.
     """
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, reward_name: str):
         self.patience = patience
+        self.reward_name = reward_name
         self.streak = 0
-        self.answers = self.correct = self.truncated = 0
+        self.answers = self.scored = self.correct = self.truncated = 0
         self.warned = False
 
     def observe(self, verdicts: Verdicts, num_generations: int) -> str | None:
         if self.patience <= 0 or self.warned:
             return None
         if bool(mixed_groups(verdicts.correct, verdicts.valid, num_generations).any()):
-            self.streak = self.answers = self.correct = self.truncated = 0
+            self.streak = self.answers = self.scored = self.correct = self.truncated = 0
             return None
         self.streak += 1
-        self.answers += int(verdicts.valid.sum())
+        self.answers += verdicts.valid.numel()
+        self.scored += int(verdicts.valid.sum())
         self.correct += int(verdicts.correct.sum())
         self.truncated += int((verdicts.truncated & verdicts.valid).sum())
         if self.streak < self.patience:
             return None
         self.warned = True
-        correct = self.correct / max(self.answers, 1)
-        truncated = self.truncated / max(self.answers, 1)
-        return (
-            f"Nothing to learn: for {self.streak} generation steps in a row no question had both a right and a wrong "
-            f"answer (correct rate {correct:.1%}, {truncated:.1%} of the answers truncated at max_completion_length, "
-            f"over {self.answers} answers), so NFT's gradient was zero. Likely fixes: "
-            + (
-                "a longer max_completion_length (most answers were cut before their final answer); "
-                if truncated >= 0.5
-                else ""
-            )
-            + ("easier prompts, or a model that can sometimes solve them; " if correct < 0.5 else "harder prompts; ")
-            + "dynamic_sampling=True (keeps generating until groups are mixed); more num_generations per question; "
-            "check that the verdict reward reads this model's answer format. Set warn_no_signal_steps=0 to silence "
-            "this warning."
+        return no_signal_message(
+            self.streak, self.answers, self.scored, self.correct, self.truncated, self.reward_name
         )
+
+
+def no_signal_message(steps: int, answers: int, scored: int, correct: int, truncated: int, reward_name: str) -> str:
+    """The "nothing to learn" warning, telling a batch the verdict reward could not judge from one too hard or easy.
+
+    `answers` were generated over `steps` steps, `scored` of them got a verdict, `correct` were right and `truncated`
+    of the scored ones ended without an end-of-sequence token.
+    """
+    head = f"Nothing to learn: for {steps} generation steps in a row no question had both a right and a wrong answer"
+    silence = " Set warn_no_signal_steps=0 to silence this warning."
+    gold_checks = (
+        "check that the dataset's gold column (math_verifier reads 'solution') holds answers the verifier can parse "
+        "(math_verifier returns None when it cannot parse the gold), that every column the reward needs reaches it, "
+        "and that the reward returns 1.0 or 0.0 for answers it can judge: called on one dataset row with a completion "
+        "that states that row's gold answer in the format it reads (for math_verifier '\\boxed{<gold>}'), it should "
+        "return 1.0"
+    )
+    if scored == 0:
+        return (
+            f"{head}: the verdict reward {reward_name!r} returned None (cannot judge) for all {answers} answers, so "
+            "NFT's gradient was zero. This is a gold-answer or verdict problem, not the prompts' difficulty: "
+            f"{gold_checks}.{silence}"
+        )
+    rate, truncated_share = correct / scored, truncated / scored
+    stats = (
+        f"verdicts of {reward_name!r}: correct rate {rate:.1%}, {truncated_share:.1%} of the answers truncated at "
+        f"max_completion_length, over {scored} scored answers"
+    )
+    if correct == scored:
+        cause, fixes = "every scored answer was right: the prompts are too easy for this model", "harder prompts; "
+    elif correct == 0:
+        cause, fixes = "every scored answer was wrong", ""
+        if truncated_share >= 0.5:
+            fixes = "a longer max_completion_length (most answers were cut before their final answer); "
+        fixes += f"easier prompts, or a model that can sometimes solve them; check that {reward_name!r} reads this "
+        fixes += "model's answer format and that the gold answers are right; "
+    else:
+        cause, fixes = "each question's answers were all right or all wrong", ""
+    unscored = ""
+    if scored < answers:
+        unscored = (
+            f" Besides, {reward_name!r} returned None (cannot judge) for {answers - scored} of the {answers} answers: "
+            f"{gold_checks}."
+        )
+    return (
+        f"{head} ({cause}; {stats}), so NFT's gradient was zero. Likely fixes: {fixes}dynamic_sampling=True (keeps "
+        f"generating until groups are mixed); more num_generations per question.{unscored}{silence}"
+    )
