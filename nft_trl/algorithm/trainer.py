@@ -12,7 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
-from ..rewards.columns import check_reward_columns
+from ..runtime.inputs import check_before_model, check_prompt_lengths
 from .config import NFTConfig
 from .dynamic_sampling import DynamicSampler
 from .loss import aggregate_loss, group_correct_rate, loss_metric_sums, loss_metrics, nft_per_token_loss
@@ -103,10 +103,12 @@ class NFTTrainer(GRPOTrainer):
                 "NFT splits each group into correct and wrong answers."
             )
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        check_reward_columns(funcs, {"train": train_dataset, "eval": eval_dataset}, args.remove_unused_columns)
+        # Datasets, reward columns, output folder: fail before the model loads; the run lock lives as long as we do.
+        self._run_lock = check_before_model(args, funcs, train_dataset, eval_dataset)
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs
         )
+        check_prompt_lengths(self)  # prompt + answer within the model's context (a sample; see runtime.inputs)
         self._verdict_index = verdict_index(self.reward_func_names, args.correctness_reward)
         self._gathered_rewards: torch.Tensor | None = None
         self._warned_non_binary = False
