@@ -182,29 +182,48 @@ def boxed_prompt(problem: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{problem}\n\n{BOXED_INSTRUCTION}"}]
 
 
-def filter_long_prompts(dataset: Dataset, tokenizer: Any, max_prompt_length: int) -> Dataset:
-    """Drop the rows whose prompt (after the chat template) is longer than `max_prompt_length` tokens.
+def prompt_length(prompt: Any, tokenizer: Any) -> int:
+    """Tokens of one prompt: a chat list after the chat template (with the generation prompt), or a plain string."""
+    if isinstance(prompt, str):
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
+def prompt_lengths(dataset: Dataset, tokenizer: Any) -> list[int]:
+    """`prompt_length` of every row of `dataset` (a `Dataset.map`, so cached for the next run on the same files)."""
+    counted = dataset.map(
+        lambda row: {"prompt_tokens": prompt_length(row["prompt"], tokenizer)},
+        remove_columns=dataset.column_names,
+        desc="Counting prompt tokens",
+    )
+    return list(counted["prompt_tokens"])
+
+
+def filter_long_prompts(
+    dataset: Dataset, tokenizer: Any, max_prompt_length: int, lengths: Sequence[int] | None = None
+) -> Dataset:
+    """Drop the rows whose prompt (after the chat template) is longer than `max_prompt_length` tokens, with a warning
+    that counts them; `lengths` are the rows' `prompt_lengths` when already computed.
 
     TRL does not truncate prompts; the paper's recipes drop over-long prompts instead (verl's
     `data.filter_overlong_prompts`), so the prompt + answer budget holds.
     """
-
-    def prompt_length(row):
-        prompt = row["prompt"]
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-        return len(ids) <= max_prompt_length
-
-    kept = dataset.filter(prompt_length)
-    if len(kept) < len(dataset):
-        logger.info(
-            "Dropped %d of %d prompts longer than %d tokens", len(dataset) - len(kept), len(dataset), max_prompt_length
+    lengths = prompt_lengths(dataset, tokenizer) if lengths is None else lengths
+    keep = [row for row, length in enumerate(lengths) if length <= max_prompt_length]
+    if len(keep) < len(dataset):
+        logger.warning(
+            "max_prompt_length=%d: dropped %d of %d prompts longer than that (the longest has %d tokens); %d left.",
+            max_prompt_length,
+            len(dataset) - len(keep),
+            len(dataset),
+            max(lengths),
+            len(keep),
         )
-    return kept
+        return dataset.select(keep)
+    return dataset
 
 
 def _user_text(prompt: Any) -> str:

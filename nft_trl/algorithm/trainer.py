@@ -12,7 +12,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from ..rewards.checked import checked_rewards
-from ..rewards.columns import check_reward_columns
+from ..runtime.inputs import check_before_model, check_prompt_lengths
 from ..runtime.resilient import ResilientTrainerMixin
 from .config import NFTConfig
 from .dynamic_sampling import DynamicSampler
@@ -113,10 +113,12 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
                 "NFT splits each group into correct and wrong answers."
             )
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        check_reward_columns(funcs, {"train": train_dataset, "eval": eval_dataset}, args.remove_unused_columns)
+        # Datasets, reward columns, output folder: fail before the model loads; the run lock lives as long as we do.
+        self._run_lock = check_before_model(args, funcs, train_dataset, eval_dataset)
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs
         )
+        check_prompt_lengths(self)  # prompt + answer within the model's context (a sample; see runtime.inputs)
         # A reward that raises or returns a non-number, NaN or inf fails naming itself and the row (rewards/checked).
         self.reward_funcs = checked_rewards(self.reward_funcs, self.reward_func_names)
         self._verdict_index = verdict_index(self.reward_func_names, args.correctness_reward)

@@ -124,7 +124,8 @@ def resolve_reward_funcs(names: list[str]) -> list[Any]:
 
 
 def load_datasets(script_args: NFTScriptArguments, training_args: GRPOConfig, tokenizer: Any):
-    from nft_trl.data import filter_long_prompts, load_math_dataset
+    from nft_trl.data import filter_long_prompts, load_math_dataset, prompt_lengths
+    from nft_trl.runtime.inputs import check_prompt_filter
 
     def load(split: str):
         return load_math_dataset(
@@ -133,7 +134,9 @@ def load_datasets(script_args: NFTScriptArguments, training_args: GRPOConfig, to
 
     train = load(script_args.dataset_train_split)
     if script_args.max_prompt_length is not None:
-        train = filter_long_prompts(train, tokenizer, script_args.max_prompt_length)
+        lengths = prompt_lengths(train, tokenizer)
+        check_prompt_filter(lengths, script_args.max_prompt_length)  # none left: an error, not 0 steps
+        train = filter_long_prompts(train, tokenizer, script_args.max_prompt_length, lengths)
     evaluate = training_args.eval_strategy != "no"
     eval_dataset = None
     if evaluate and script_args.dataset_test_split is not None:

@@ -69,7 +69,9 @@ TINY_ARCHITECTURE = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
     intermediate_size=64,
-    max_position_embeddings=512,
+    # Room for TRL's default max_completion_length (512) after a test prompt: NFTTrainer refuses a run whose every
+    # prompt + max_completion_length exceeds this (nft_trl.runtime.inputs). Rotary positions: no extra parameters.
+    max_position_embeddings=2048,
 )
 
 

@@ -1,8 +1,15 @@
 """Which dataset columns a reward function needs, checked before training starts.
 
 TRL calls a reward function with the keyword arguments in `TRL_REWARD_KWARGS` plus every dataset column by name. A
-reward parameter without a default that TRL does not supply must therefore be a column; `check_reward_columns` fails
-at construction, naming the column and the fix, instead of at the first generation step.
+reward parameter without a default that TRL does not supply must therefore be a column. A reward may also declare the
+columns it needs in a `required_columns` attribute (a tuple of names): `math_verifier` does, because its `solution`
+parameter has a default (`None`) yet it cannot grade without the column. Custom rewards can declare theirs the same
+way::
+
+    def my_reward(completions, answer=None, **kwargs): ...
+    my_reward.required_columns = ("answer",)
+
+`check_reward_columns` fails at construction, naming the column and the fix, instead of at the first generation step.
 """
 
 from __future__ import annotations
@@ -19,18 +26,25 @@ TRL_REWARD_KWARGS = frozenset(
 )
 
 
+#: The attribute in which a reward function declares the dataset columns it needs (a tuple of column names).
+REQUIRED_COLUMNS_ATTRIBUTE = "required_columns"
+
+
 def required_columns(func: Callable) -> list[str]:
-    """Dataset columns a reward function requires: its parameters without default that TRL does not supply."""
+    """Dataset columns a reward function requires: the ones it declares in `required_columns`, then its parameters
+    without default that TRL does not supply."""
+    declared = list(getattr(func, REQUIRED_COLUMNS_ATTRIBUTE, ()))
     try:
         parameters = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):  # builtins or C callables: nothing to check
-        return []
+    except (TypeError, ValueError):  # builtins or C callables: only what they declare
+        return declared
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [
+    undefaulted = [
         p.name
         for p in parameters
         if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in TRL_REWARD_KWARGS
     ]
+    return declared + [name for name in undefaulted if name not in declared]
 
 
 def _dataset_columns(dataset) -> Iterable[tuple[str, list[str]]]:

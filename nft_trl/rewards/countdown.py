@@ -153,3 +153,6 @@ def countdown_reward(completions: list, numbers: list[list[int]], target: list[i
         answer = extract_last_boxed(completion_text(completion))
         rewards.append(1.0 if countdown_verdict(answer, row_numbers, int(row_target)) else 0.0)
     return rewards
+
+
+countdown_reward.required_columns = ("numbers", "target")  # checked at the trainer's construction (rewards.columns)

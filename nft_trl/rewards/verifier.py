@@ -42,7 +42,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .answers import (
     _FRAC_VARIANT,
@@ -234,6 +234,10 @@ class MathVerifier:
         name (`str`, *optional*, defaults to `"math_verifier"`):
             The ``__name__`` TRL logs the reward under (``rewards/<name>/mean``).
     """
+
+    #: The dataset column it grades against, checked when the trainer is built (`rewards.columns`): the signature's
+    #: default for `solution` only lets a direct call without it say what is missing.
+    required_columns: ClassVar[tuple[str, ...]] = ("solution",)
 
     mode: Mode = "math"
     timeout: float = DEFAULT_TIMEOUT_S
