@@ -67,3 +67,43 @@ def scripted_generation():
     exactly the same completions. Yields the script, `scripted_completion(row, length, num_ids, eos_id)`."""
     with scripted():
         yield scripted_completion
+
+
+# ---------------------------------------------------------------------------------------------------- progress lines
+# `pytest -q` prints one dot per test: a test that runs for minutes looks like a hang. Each test marked `slow`, and any
+# test that took more than SLOW_REPORT_S, gets a line of its own: what runs, then how long it took.
+SLOW_REPORT_S = 20.0
+_slow_ids: set[str] = set()
+
+
+def pytest_collection_modifyitems(config, items):
+    _slow_ids.update(item.nodeid for item in items if item.get_closest_marker("slow"))
+
+
+def _write_line(config, text: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write("\n")  # after the dots of `-q`
+        reporter.write_line(text)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if nodeid in _slow_ids and _config is not None:
+        _write_line(_config, f"[slow] {nodeid} ...")
+
+
+def pytest_runtest_logreport(report):
+    if (
+        report.when == "call"
+        and _config is not None
+        and (report.nodeid in _slow_ids or report.duration > SLOW_REPORT_S)
+    ):
+        _write_line(_config, f"[slow] {report.nodeid}: {report.outcome} in {report.duration:.0f} s")
+
+
+_config = None
+
+
+def pytest_configure(config):
+    global _config
+    _config = config
