@@ -13,11 +13,20 @@ run that reuses it; the worker start-up time is printed separately.
     python benchmarks/verifier_throughput.py [--golds 64] [--rounds 3] [--k 16] [--distractors 3] [--workers N] [--seed 0]
 
 Prints both rates (verifications per second) and their ratio, and exits with status 1 if any verdict differs.
+
+With ``--pathological``, it measures instead what pathological answers cost a batch, with and without the batch
+deadline: one batch of the same inputs clean, then with 1% and 3% of its completions replaced by boxed power towers
+(SymPy never finishes one: each holds a worker for the whole per-answer timeout), each graded with no deadline
+(``batch_timeout=math.inf``), the default deadline, and ``--batch-timeout`` seconds. It prints answers per second,
+the ratio to the clean batch, the answers the deadline left unverified and the right answers that cost (graded 0.0).
+
+    python benchmarks/verifier_throughput.py --pathological [--fractions 0.01 0.03] [--batch-timeout 7]
 """
 
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -140,6 +149,68 @@ def baseline(completions: list[str], solutions: list[str]) -> list[float]:
     return rewards
 
 
+def power_tower(index: int) -> str:
+    """A completion whose boxed answer SymPy never finishes evaluating; a different one for each ``index``."""
+    base = 3 + index % 97
+    return f"{REASONING}Therefore the result is $\\boxed{{{base}^{{{base}^{{{base}^{{{base}}}}}}}}}$."
+
+
+def with_pathological(completions: list[str], fraction: float, seed: int) -> tuple[list[str], set[int]]:
+    """``completions`` with ``round(fraction * len)`` of them, at seeded random rows, replaced by power towers."""
+    rows = set(random.Random(seed).sample(range(len(completions)), round(fraction * len(completions))))
+    return [power_tower(row) if row in rows else text for row, text in enumerate(completions)], rows
+
+
+def pathological_comparison(args: argparse.Namespace) -> int:
+    """Batches clean and with `args.fractions` of pathological answers, each with and without a batch deadline.
+
+    Every timed batch has golds of its own (as in training, where each batch brings new questions): the workers'
+    parse caches carry nothing from one batch to the next. After each timed batch, its clean version is graded with no
+    deadline (untimed) to tell the right answers a deadline graded 0.0 ("right lost").
+    """
+    settings = {"none": math.inf, "default": None, f"{args.batch_timeout:g} s": args.batch_timeout}
+    verifiers = {
+        label: make_math_verifier(workers=args.workers, batch_timeout=value) for label, value in settings.items()
+    }
+    reference = verifiers["none"]
+    start = time.perf_counter()
+    warm_golds, source = load_golds(args.golds, start=0)
+    warm_completions, warm_solutions = make_completions(warm_golds, args.k, args.seed, args.distractors)
+    reference(warm_completions, solution=warm_solutions)  # starts the workers; SymPy and ANTLR warm up
+    workers = get_default_pool(args.workers).workers
+    n = len(warm_completions)
+    print(
+        f"inputs: {args.golds} golds per batch from {source}, K={args.k}: {n} completions per batch; {workers} workers, "
+        f"timeout {reference.timeout:g} s per verification; warm-up {time.perf_counter() - start:.1f} s"
+    )
+    header = f"{'batch':<24}{'deadline':<18}{'seconds':>8}{'answers/s':>11}{'vs clean':>10}{'unverified':>12}{'right lost':>12}"
+    print(header)
+    clean_rates, batch_index = [], 0
+    for fraction in [0.0, *args.fractions]:
+        for label, verifier in verifiers.items():
+            batch_index += 1
+            golds, _ = load_golds(args.golds, start=batch_index * args.golds)
+            completions, solutions = make_completions(golds, args.k, args.seed + batch_index, args.distractors)
+            batch, rows = with_pathological(completions, fraction, args.seed + batch_index)
+            start = time.perf_counter()
+            rewards = verifier(batch, solution=solutions)
+            seconds = time.perf_counter() - start
+            deadline = verifier.counts.last_deadline
+            unverified = verifier.counts.last_unverified
+            lost = 0
+            if unverified:
+                clean = reference(completions, solution=solutions)
+                lost = sum(1 for row, reward in enumerate(rewards) if row not in rows and clean[row] == 1.0 != reward)
+            rate = len(batch) / seconds
+            if not fraction:
+                clean_rates.append(rate)
+            name = "clean" if not fraction else f"{fraction:.0%} pathological ({len(rows)})"
+            shown = label if deadline == math.inf else f"{label} ({deadline:.1f} s)"
+            versus = rate / (sum(clean_rates) / len(clean_rates))
+            print(f"{name:<24}{shown:<18}{seconds:8.2f}{rate:11.1f}{versus:9.3f}x{unverified:12d}{lost:12d}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--golds", type=int, default=64, help="distinct gold answers (questions) per round")
@@ -148,8 +219,14 @@ def main() -> int:
     parser.add_argument("--distractors", type=int, default=3, help="distinct wrong answers per question")
     parser.add_argument("--workers", type=int, default=None, help="verifier worker processes (default: CPUs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pathological", action="store_true", help="measure pathological answers and the deadline")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.03], help="pathological shares")
+    parser.add_argument("--batch-timeout", type=float, default=7.0, help="the explicit deadline compared (seconds)")
     args = parser.parse_args()
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" notices: deliberate here
+    if args.pathological:
+        logging.getLogger("nft_trl.rewards").setLevel(logging.ERROR)  # the timeouts and deadlines are the point here
+        return pathological_comparison(args)
 
     # Round 0 is a warm-up for both sides (not timed): SymPy builds parts of itself on first use and the LaTeX parser
     # (ANTLR) fills its prediction cache as it goes, so a process's first batch is slower than the steady state of a

@@ -1,8 +1,9 @@
 """Worker process for :mod:`nft_trl.rewards.pool`: runs math-verify's SymPy step where it can be killed.
 
-This file is started as a script (``python -P _worker.py TASK_FD RESULT_FD``), never imported from the
-``nft_trl`` package, so a worker imports only the standard library and math-verify (SymPy, latex2sympy2_extended),
-never torch or the trainer's ``__main__``. It is written to be safe to start from any thread of any process.
+This file is started as a script (``python -P _worker.py TASK_FD RESULT_FD PARENT_PID PDEATHSIG``), never imported
+from the ``nft_trl`` package, so a worker imports only the standard library and math-verify (SymPy,
+latex2sympy2_extended), never torch or the trainer's ``__main__``. It is written to be safe to start from any thread
+of any process.
 
 Two levels of process:
 
@@ -13,7 +14,19 @@ Two levels of process:
   timeout. When an executor dies (killed, or crashed in SymPy/ANTLR), the supervisor forks a fresh one in a few
   milliseconds, with math-verify already imported; a new ``ready`` while a unit is in flight tells the parent that the
   executor crashed. An executor exits cleanly (status 0) when the parent closes ``TASK_FD`` (or dies); the supervisor
-  then exits. On Linux an executor is also killed if its supervisor dies.
+  then exits.
+
+Neither level outlives the parent, whatever ends it (``SIGKILL`` included), even while an executor is stuck in SymPy:
+
+- each process, right after it starts, asks the kernel to ``SIGKILL`` it when its parent ends (Linux
+  ``PR_SET_PDEATHSIG``, when ``PDEATHSIG`` is 1), then checks that its parent is still ``PARENT_PID`` (resp. the
+  supervisor), closing the race with a parent that ended before the request took effect;
+- the supervisor also looks at its parent's pid every ``WATCHDOG_INTERVAL_S`` while an executor runs, and when it
+  changed (the parent ended: we were reparented) kills the executor and exits: the second line where
+  ``PR_SET_PDEATHSIG`` is missing (not Linux, or prctl failed).
+
+``PR_SET_PDEATHSIG`` follows the *thread* that forked: the parent starts workers from a thread that lives as long as
+it does (``pool._Spawner``), so a worker is not killed when a short-lived thread that used the pool ends.
 
 Protocol (pickled tuples through :class:`multiprocessing.connection.Connection`):
 
@@ -26,8 +39,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import sys
+import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 
@@ -49,6 +64,10 @@ WARMUP_PAIRS = (
 )
 # prctl(2) option: signal this process when its parent dies.
 PR_SET_PDEATHSIG = 1
+# Seconds between two looks at the parent's pid while the supervisor waits on an executor.
+WATCHDOG_INTERVAL_S = 0.25
+# Where pidfd_open is missing (not Linux): seconds between two looks at whether the executor has exited.
+EXECUTOR_POLL_S = 0.02
 # How many parsed texts (golds and answers) an executor keeps: a batch's 512 golds and their distinct answers fit,
 # and memory stays bounded.
 PARSE_CACHE_SIZE = 4096
@@ -118,16 +137,43 @@ def _serve(tasks: Connection, results: Connection, extraction_config: list) -> N
         results.send(("done", unit_id))
 
 
-def _die_with(supervisor_pid: int) -> None:
-    """Make this executor exit when its supervisor dies, so no orphan keeps reading the parent's tasks."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):  # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent dies
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != supervisor_pid:
-        os._exit(0)  # the supervisor died before the line above took effect
+def _tie_to_parent(parent_pid: int, pdeathsig: bool) -> None:
+    """Have the kernel ``SIGKILL`` this process when its parent ends; exit now if the parent already has."""
+    if pdeathsig and sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no prctl: the supervisor's watchdog is left
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # int prctl(int option, unsigned long arg2, ...)
+            prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), *(ctypes.c_ulong(0),) * 3)
+    if os.getppid() != parent_pid:
+        os._exit(0)  # the parent ended before the line above took effect (we were reparented)
 
 
-def main(task_fd: int, result_fd: int) -> None:
+def _wait_executor(pid: int, parent_pid: int) -> int | None:
+    """Wait for the executor ``pid`` to exit and return its exit code; if the parent ends first, kill the executor
+    and return None. The parent's pid is checked every ``WATCHDOG_INTERVAL_S``."""
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):  # pidfd_open: Linux 5.3+
+        pidfd = os.pidfd_open(pid)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            if os.getppid() != parent_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
+            if pidfd is not None:
+                select.select([pidfd], [], [], WATCHDOG_INTERVAL_S)  # readable when the executor exits
+            else:
+                time.sleep(EXECUTOR_POLL_S)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def main(task_fd: int, result_fd: int, parent_pid: int, pdeathsig: bool) -> None:
+    _tie_to_parent(parent_pid, pdeathsig)  # first: importing math-verify takes seconds
     # math-verify warns once per process that its own timeout is disabled: that is deliberate here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     extraction_config = _configs()  # imports math-verify once, in the supervisor: every executor inherits it
@@ -135,15 +181,16 @@ def main(task_fd: int, result_fd: int) -> None:
         with contextlib.suppress(Exception):  # warm-up only
             verify_parsed(parse_text(gold_text, extraction_config), parse_text(answer_text, extraction_config))
 
-    parent_pid, supervisor_pid = os.getppid(), os.getpid()
+    supervisor_pid = os.getpid()
     tasks = Connection(task_fd, readable=True, writable=False)
     results = Connection(result_fd, readable=False, writable=True)
-    while True:
+    while os.getppid() == parent_pid:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _die_with(supervisor_pid)
+                # The supervisor is single-threaded, so its one thread is the executor's parent for PR_SET_PDEATHSIG.
+                _tie_to_parent(supervisor_pid, pdeathsig)
                 _serve(tasks, results, extraction_config)
             except OSError:
                 pass  # the parent is gone (broken pipe): shut down
@@ -151,10 +198,9 @@ def main(task_fd: int, result_fd: int) -> None:
                 code = 1  # anything else: the supervisor forks a fresh executor
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) == 0 or os.getppid() != parent_pid:
-            return  # the parent closed the task pipe, or died: shut down
+        if _wait_executor(pid, parent_pid) in (0, None):
+            return  # the parent closed the task pipe, or ended: shut down
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1")

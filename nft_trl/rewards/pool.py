@@ -5,14 +5,23 @@ worker process (:mod:`nft_trl.rewards._worker`) that is killed (``SIGKILL``) whe
 that answer is graded wrong and the worker is replaced in milliseconds. This holds on any thread, inside an asyncio
 loop, in several processes, and in forked children (e.g. data-loader workers), which start their own workers. A worker
 that crashes costs only the answer it was on. Workers are fresh interpreters that import math-verify only (never torch
-or your script). POSIX only (workers fork); Linux also ties each executor's life to its supervisor
-(``PR_SET_PDEATHSIG``).
+or your script). POSIX only (workers fork).
+
+A batch may also have a deadline (``VerifierPool.run``'s ``deadline``): when it passes, the answers not yet verified
+are graded wrong and reported, and the workers still busy on them are killed and replaced, so a few pathological
+answers cost a batch at most its deadline instead of one timeout each.
+
+No worker outlives the process that started it, however that process ends (``SIGKILL`` included): on Linux each
+worker process asks the kernel to kill it when its parent ends (``PR_SET_PDEATHSIG``), and each supervisor also
+watches its parent's pid (see :mod:`nft_trl.rewards._worker`). Because the kernel ties ``PR_SET_PDEATHSIG`` to the
+*thread* that forked, workers are always started from a thread that lives as long as the process (``_Spawner``).
 """
 
 import atexit
 import contextlib
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -20,7 +29,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -38,6 +48,49 @@ SHUTDOWN_GRACE_S = 1.0
 MIN_CHUNK_ANSWERS = 4
 CHUNKS_PER_WORKER = 4
 _WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
+# Ask the kernel to kill each worker process when its parent ends (Linux PR_SET_PDEATHSIG). The supervisors' watchdog
+# on their parent's pid works either way; tests turn this off to check that watchdog alone.
+TIE_WORKERS_WITH_PDEATHSIG = True
+
+
+class _Spawner:
+    """Starts worker processes from a thread that lives as long as this process.
+
+    Linux sends ``PR_SET_PDEATHSIG`` when the *thread* that forked a child ends, not the process: a worker started
+    from a short-lived thread (a thread pool's, ``asyncio.to_thread``'s) would be killed as soon as that thread ends.
+    The main thread starts workers itself; any other thread hands the start to one daemon thread, created on first
+    use (a forked child makes its own).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue | None = None
+
+    def call(self, start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+        if threading.current_thread() is threading.main_thread():
+            return start()
+        with self._lock:
+            if self._requests is None:
+                self._requests = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._serve, args=(self._requests,), name="nft-trl-verifier-spawner", daemon=True
+                ).start()
+            requests = self._requests
+        future: Future = Future()
+        requests.put((start, future))
+        return future.result()
+
+    @staticmethod
+    def _serve(requests: queue.SimpleQueue) -> None:
+        while True:
+            start, future = requests.get()
+            try:
+                future.set_result(start())
+            except BaseException as error:  # handed to the caller's thread
+                future.set_exception(error)
+
+
+_spawner = _Spawner()
 
 
 class _Worker:
@@ -46,15 +99,26 @@ class _Worker:
     def __init__(self) -> None:
         task_read, task_write = os.pipe()
         result_read, result_write = os.pipe()
+        # -P: do not put the nft_trl folder on sys.path; the script imports only the stdlib and math-verify.
+        # A new session keeps a terminal's Ctrl-C away from workers; the parent shuts them down itself.
+        command = [
+            sys.executable,
+            "-P",
+            str(_WORKER_SCRIPT),
+            str(task_read),
+            str(result_write),
+            str(os.getpid()),
+            "1" if TIE_WORKERS_WITH_PDEATHSIG else "0",
+        ]
         try:
-            # -P: do not put the nft_trl folder on sys.path; the script imports only the stdlib and math-verify.
-            # A new session keeps a terminal's Ctrl-C away from workers; the parent shuts them down itself.
-            self.process = subprocess.Popen(
-                [sys.executable, "-P", str(_WORKER_SCRIPT), str(task_read), str(result_write)],
-                pass_fds=(task_read, result_write),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
+            self.process = _spawner.call(
+                lambda: subprocess.Popen(
+                    command,
+                    pass_fds=(task_read, result_write),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             )
         except BaseException:
             for fd in (task_read, task_write, result_read, result_write):
@@ -101,8 +165,10 @@ class _Unit:
 
 @dataclass
 class _UnitResult:
-    gold_parseable: bool | None = None  # None: the gold parse timed out or crashed
+    gold_parseable: bool | None = None  # None: not known (the parse timed out, crashed, or the deadline came first)
+    gold_failed: bool = False  # the gold's parse timed out or crashed its worker
     verdicts: list[bool] = field(default_factory=list)
+    unverified: list[int] = field(default_factory=list)  # answers the batch deadline cut (their verdict is False)
 
 
 class VerifierPool:
@@ -126,6 +192,7 @@ class VerifierPool:
         self._pool: list[_Worker] = []
         self._next_uid = 0
         self.timeouts = 0  # verifications killed for exceeding their timeout, over the pool's life
+        self.unverified = 0  # answers left unverified by a batch deadline, over the pool's life
         _all_pools.add(self)
 
     def _forget_after_fork(self) -> None:
@@ -149,12 +216,22 @@ class VerifierPool:
                     worker.close()
             self._pool = []
 
-    def run(self, units: Sequence[tuple[str, Sequence[str]]], timeout: float) -> list[_UnitResult]:
+    def run(
+        self, units: Sequence[tuple[str, Sequence[str]]], timeout: float, deadline: float | None = None
+    ) -> list[_UnitResult]:
         """Grade ``[(gold_text, [answer_text, ...]), ...]``; each parse or verification gets ``timeout`` seconds.
 
-        Returns one result per unit: whether the gold parsed (None if its parse timed out) and one verdict per
-        answer (False for an answer whose verification timed out or crashed its worker).
+        ``deadline`` bounds the whole batch: seconds from when its first unit reaches a worker (waiting for another
+        caller's batch and worker start-up are not counted). When it passes, whatever is not verified yet is graded
+        False and listed in its result's ``unverified``, and the workers still busy are killed and replaced. None:
+        no limit.
+
+        Returns one result per unit: whether the gold parsed (None if its parse timed out, crashed or was cut by the
+        deadline; ``gold_failed`` tells the first two apart) and one verdict per answer (False for an answer whose
+        verification timed out, crashed its worker, or was cut by the deadline).
         """
+        if deadline is not None and not deadline > 0:
+            raise ValueError(f"deadline must be None or a positive number of seconds, got {deadline!r}.")
         results = [_UnitResult(verdicts=[False] * len(answers)) for _, answers in units]
         if not units:
             return results
@@ -179,7 +256,7 @@ class VerifierPool:
             )
             timeouts_before = self.timeouts
             try:
-                self._drain(queue, results, timeout)
+                self._drain(queue, results, timeout, deadline)
             except BaseException:  # e.g. KeyboardInterrupt: drop the work in flight so no later call sees its results
                 for worker in self._pool:
                     if worker.state == "busy":
@@ -201,7 +278,8 @@ class VerifierPool:
         self._next_uid += 1
         return self._next_uid
 
-    def _drain(self, queue: deque, results: list[_UnitResult], timeout: float) -> None:
+    def _drain(self, queue: deque, results: list[_UnitResult], timeout: float, deadline: float | None) -> None:
+        cutoff = None  # when the batch deadline passes, once the first unit is sent
         while queue or any(worker.state == "busy" for worker in self._pool):
             for worker in list(self._pool):
                 if worker.state == "idle" and queue:
@@ -214,10 +292,15 @@ class VerifierPool:
                         continue
                     worker.state, worker.unit, worker.position = "busy", unit, -1
                     worker.deadline = time.monotonic() + timeout
+                    if cutoff is None and deadline is not None:
+                        cutoff = time.monotonic() + deadline
             waiting = [worker for worker in self._pool if worker.state != "idle"]
             if not waiting:
                 continue
-            remaining = max(0.0, min(worker.deadline for worker in waiting) - time.monotonic())
+            next_event = min(worker.deadline for worker in waiting)
+            if cutoff is not None:
+                next_event = min(next_event, cutoff)
+            remaining = max(0.0, next_event - time.monotonic())
             by_connection = {worker.results: worker for worker in waiting}
             for connection in wait(list(by_connection), timeout=remaining):
                 worker = by_connection[connection]
@@ -235,6 +318,9 @@ class VerifierPool:
                         break
                     self._handle(worker, message, queue, results, timeout)
             now = time.monotonic()
+            if cutoff is not None and now >= cutoff:
+                self._cut(queue, results)
+                return
             for worker in list(self._pool):
                 if worker.deadline > now:
                     continue
@@ -281,7 +367,9 @@ class VerifierPool:
         if unit is None:
             return
         if position < 0:
-            return  # the gold's parse timed out: gold_parseable stays None unless another piece of it parsed
+            # The gold's parse timed out or crashed: gold_parseable stays None unless another piece of it parsed.
+            results[unit.index].gold_failed = True
+            return
         results[unit.index].verdicts[unit.offset + position] = False
         if position + 1 < len(unit.answers):
             rest = _Unit(
@@ -292,6 +380,22 @@ class VerifierPool:
                 offset=unit.offset + position + 1,
             )
             queue.appendleft(rest)
+
+    def _cut(self, queue: deque, results: list[_UnitResult]) -> None:
+        """The batch deadline passed: mark every answer not verified yet (queued, or in a busy worker's unit from
+        its position on) as unverified, and kill the executors still busy; their supervisors fork fresh ones."""
+        left = [(unit, 0) for unit in queue]
+        queue.clear()
+        now = time.monotonic()
+        for worker in self._pool:
+            if worker.state == "busy":
+                left.append((worker.unit, max(0, worker.position)))
+                worker.kill_executor()
+                worker.unit, worker.state, worker.deadline = None, "restarting", now + STARTUP_TIMEOUT_S
+        for unit, start in left:
+            cut = range(unit.offset + start, unit.offset + len(unit.answers))
+            results[unit.index].unverified.extend(cut)
+            self.unverified += len(cut)
 
     def _replace(self, worker: _Worker, queue: deque, results: list[_UnitResult]) -> None:
         """Its supervisor died: fail the item it was on, stop what is left of it, and start a fresh worker."""
@@ -308,8 +412,9 @@ _default_pools_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    global _default_pools_lock
+    global _default_pools_lock, _spawner
     _default_pools_lock = threading.Lock()
+    _spawner = _Spawner()  # the parent's spawner thread does not exist here
     for pool in list(_all_pools):
         pool._forget_after_fork()
 

@@ -6,7 +6,12 @@ training scale:
 
 - **Hard timeout, no signals.** math-verify's own timeouts use ``SIGALRM``, which only works on the main thread. Here
   they are disabled and every SymPy step runs in a worker process that is killed when one verification exceeds
-  ``timeout`` seconds; that answer is graded 0.0 (see :mod:`nft_trl.rewards.pool`).
+  ``timeout`` seconds; that answer is graded 0.0 (see :mod:`nft_trl.rewards.pool`). No worker outlives the training
+  process, however it ends.
+- **A deadline per batch** (``batch_timeout``). Each answer that hits the timeout holds a worker for ``timeout``
+  seconds, so a handful of pathological answers could stall a whole batch (16 of them: 40 s for 256 answers on 2
+  workers). When a batch's deadline passes, the answers still unverified are graded 0.0, counted in
+  :attr:`MathVerifier.counts` and reported in one warning, and their workers are killed and replaced.
 - **Throughput.** A batch is graded in parallel. Each distinct gold is parsed once per batch (once per worker when
   the answers of a small batch are split across workers for balance), identical (gold, answer) pairs are graded
   once, and plain numbers, identical spellings and completions with no answer at all are settled before SymPy,
@@ -31,8 +36,8 @@ Usage with TRL (logged as ``rewards/math_verifier/mean``)::
     >>> authors = make_math_verifier(mode="dapo_strict_box")  # the NFT authors' training verdict (verl math_dapo)
 
 Rewards: 1.0 correct, 0.0 wrong (no extractable answer and truncated answers included), ``None`` when the gold
-cannot be parsed (TRL turns it into NaN and ignores it). POSIX only (workers fork); Linux also ties each executor's
-life to its supervisor (``PR_SET_PDEATHSIG``).
+cannot be parsed (TRL turns it into NaN and ignores it). An answer the batch deadline cut is 0.0 too: wrong, not
+unscored (see ``batch_timeout`` in :class:`MathVerifier`). POSIX only (workers fork).
 """
 
 import logging
@@ -40,7 +45,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
@@ -61,11 +66,16 @@ from .pool import get_default_pool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MathVerifier", "dapo_strict_box", "make_math_verifier", "math_verifier"]
+__all__ = ["MathVerifier", "VerifierCounts", "dapo_strict_box", "make_math_verifier", "math_verifier"]
 
 # Seconds one verification (parse + compare of one answer, or the parse of one gold) may take before its worker is
 # killed and the answer graded 0.0. math-verify's own default is 5 s; typical verifications take milliseconds.
 DEFAULT_TIMEOUT_S = 5.0
+# The default batch deadline (batch_timeout=None): timeout + BATCH_TIMEOUT_BASE_S, plus BATCH_TIMEOUT_PER_ANSWER_S
+# for each verification the batch sends to the workers, divided by the number of workers. A verification takes 5 to
+# 25 ms on one busy core (MATH500 / GSM8K answers), so honest batches of any size finish well within it.
+BATCH_TIMEOUT_BASE_S = 5.0
+BATCH_TIMEOUT_PER_ANSWER_S = 0.05
 # A final answer longer than this is graded wrong without SymPy (the longest MATH answer is ~160 characters);
 # this keeps pathological strings (huge nests of braces) out of the parser altogether.
 MAX_ANSWER_CHARS = 1_000
@@ -208,6 +218,21 @@ def _warn_unparseable_gold(gold: str, reason: str) -> None:
     logger.warning("math_verifier: gold answer %r %s; its completions get reward None.", gold[:200], reason)
 
 
+@dataclass
+class VerifierCounts:
+    """What the batch deadline did to one :class:`MathVerifier`'s batches, for a trainer to log.
+
+    ``last_unverified`` is the number of answers (completions) of the most recent call graded 0.0 because its
+    deadline passed before they were verified; ``unverified`` and ``cut_batches`` add up over the verifier's life.
+    """
+
+    batches: int = 0  # calls in math mode
+    cut_batches: int = 0  # calls whose deadline passed with answers still unverified
+    unverified: int = 0  # answers graded 0.0 because the deadline passed first
+    last_unverified: int = 0  # the same, in the most recent call
+    last_deadline: float = 0.0  # the most recent call's deadline in seconds (0.0: nothing went to the workers)
+
+
 @dataclass(frozen=True)
 class MathVerifier:
     r"""Binary math-answer reward with TRL's reward signature; build one with :func:`make_math_verifier`.
@@ -225,6 +250,21 @@ class MathVerifier:
             answers boxed earlier in the text as wrong.
         timeout (`float`, *optional*, defaults to `5.0`):
             Hard limit in seconds for one verification (math mode). An answer that exceeds it is graded 0.0.
+        batch_timeout (`float` or `None`, *optional*, defaults to `None`):
+            Deadline in seconds for one call's SymPy work (math mode), counted from when its first answer reaches a
+            worker (worker start-up and waiting for another thread's call are not counted). When it passes, the
+            answers not verified yet are graded 0.0, counted in :attr:`counts`, and reported in one warning per
+            call; the workers busy on them are killed and replaced. `None` picks ``timeout + 5 s + 0.05 s x
+            (verifications sent to the workers) / workers`` (10 s for a small batch at the default timeout): a
+            few seconds beyond one timeout, and far above what honest answers take however many there are.
+            `math.inf` turns the deadline off.
+
+            0.0 means *wrong*, not unscored: NFT counts such an answer in its group's correct rate and trains on it
+            as a negative (``None`` would leave it out of both). That is right for what stalls a batch (answers
+            SymPy cannot finish, such as power towers and huge factorials, are almost never correct, and a policy
+            must not learn that unverifiable output escapes the loss), and wrong for a right answer that merely
+            waited behind them; hence the generous default and the warning. Answers already settled without SymPy
+            (plain numbers, an answer spelled as its gold) keep their verdict.
         workers (`int` or `None`, *optional*, defaults to `None`):
             Worker processes (math mode): None uses :func:`default_workers`. 0 means serial grading; as SymPy cannot
             be interrupted inside a thread without signals, serial grading still runs on one helper process
@@ -233,6 +273,10 @@ class MathVerifier:
             Settle plain numbers and identical strings without SymPy (verdicts are the same as math-verify's).
         name (`str`, *optional*, defaults to `"math_verifier"`):
             The ``__name__`` TRL logs the reward under (``rewards/<name>/mean``).
+
+    Attributes:
+        counts (`VerifierCounts`):
+            Batches and answers the deadline cut, for a trainer's logs (``counts.last_unverified`` after each call).
     """
 
     #: The dataset column it grades against, checked when the trainer is built (`rewards.columns`): the signature's
@@ -244,12 +288,19 @@ class MathVerifier:
     workers: int | None = None
     fast_path: bool = True
     name: str = "math_verifier"
+    batch_timeout: float | None = None
+    counts: VerifierCounts = field(default_factory=VerifierCounts, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}.")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}.")
+        if self.batch_timeout is not None and not self.batch_timeout > 0:
+            raise ValueError(
+                f"batch_timeout must be None (automatic), a positive number of seconds, or math.inf (no deadline); "
+                f"got {self.batch_timeout!r}."
+            )
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be None or >= 0, got {self.workers}.")
         object.__setattr__(self, "__name__", self.name)  # TRL names a reward function by its __name__
@@ -300,7 +351,15 @@ class MathVerifier:
             rewards.append(float(extract_dapo_strict_box(text) == str(gold)))
         return rewards
 
+    def batch_deadline(self, verifications: int, workers: int) -> float:
+        """The deadline in seconds for a call that sends ``verifications`` parses and comparisons to ``workers``."""
+        if self.batch_timeout is not None:
+            return self.batch_timeout
+        return self.timeout + BATCH_TIMEOUT_BASE_S + BATCH_TIMEOUT_PER_ANSWER_S * verifications / max(1, workers)
+
     def _grade_math(self, texts: list[str], golds: list[str]) -> list[float | None]:
+        self.counts.batches += 1
+        self.counts.last_unverified, self.counts.last_deadline = 0, 0.0
         rewards: list[float | None] = [0.0] * len(texts)
         # gold -> {answer text sent to SymPy -> rows}; gold -> rows settled as exact matches (correct if the gold
         # parses); gold -> all its rows (None if it does not parse).
@@ -345,18 +404,37 @@ class MathVerifier:
             return rewards
         pool = get_default_pool(1 if self.workers == 0 else self.workers)  # 0: serial, on one helper process
         units = [("\\boxed{" + gold + "}", list(answers)) for gold, answers in pending.items()]
-        for (gold, answers), result in zip(pending.items(), pool.run(units, self.timeout), strict=True):
-            if not result.gold_parseable:
+        deadline = self.batch_deadline(len(units) + sum(len(answers) for _, answers in units), pool.workers)
+        self.counts.last_deadline = deadline
+        unverified = 0
+        for (gold, answers), result in zip(pending.items(), pool.run(units, self.timeout, deadline), strict=True):
+            if result.gold_parseable is False or (result.gold_failed and result.gold_parseable is None):
                 reason = "could not be parsed" if result.gold_parseable is False else "timed out while parsing"
                 _warn_unparseable_gold(gold, reason)
                 for row in rows_of_gold[gold]:
                     rewards[row] = None
                 continue
-            for rows, verdict in zip(answers.values(), result.verdicts, strict=True):
+            # Parsed, or not reached before the deadline (then every answer of it is unverified, graded 0.0).
+            rows_of_answer = list(answers.values())
+            for rows, verdict in zip(rows_of_answer, result.verdicts, strict=True):
                 for row in rows:
                     rewards[row] = float(verdict)
+            unverified += sum(len(rows_of_answer[index]) for index in result.unverified)
             for row in exact.get(gold, []):
                 rewards[row] = 1.0
+        if unverified:
+            self.counts.cut_batches += 1
+            self.counts.unverified += unverified
+            self.counts.last_unverified = unverified
+            logger.warning(
+                "%s: the batch deadline (%.1f s) passed with %d of %d answers not verified yet; they were graded 0.0 "
+                "(wrong) and their worker processes killed and replaced. Set batch_timeout (make_math_verifier) "
+                "higher if these answers were not pathological.",
+                self.name,
+                deadline,
+                unverified,
+                len(texts),
+            )
         return rewards
 
 
@@ -367,6 +445,7 @@ def make_math_verifier(
     workers: int | None = None,
     fast_path: bool = True,
     name: str = "math_verifier",
+    batch_timeout: float | None = None,
 ) -> MathVerifier:
     r"""Build a binary math reward function for TRL (see :class:`MathVerifier` for the arguments).
 
@@ -374,11 +453,14 @@ def make_math_verifier(
     >>> strict([r"\boxed{1,000}", r"\boxed{1000.0}"], solution=["1000", "1000"])
     [1.0, 0.0]
     """
-    return MathVerifier(mode=mode, timeout=timeout, workers=workers, fast_path=fast_path, name=name)
+    return MathVerifier(
+        mode=mode, timeout=timeout, workers=workers, fast_path=fast_path, name=name, batch_timeout=batch_timeout
+    )
 
 
 math_verifier = make_math_verifier()
-"""The default verifier: math mode, 5 s hard timeout per verification, one worker per CPU."""
+"""The default verifier: math mode, 5 s hard timeout per verification, the default batch deadline, one worker per
+CPU."""
 
 dapo_strict_box = make_math_verifier("dapo_strict_box", name="dapo_strict_box")
 """The NFT authors' training verdict (verl's ``math_dapo`` strict box); logged as ``rewards/dapo_strict_box/mean``."""
