@@ -1,8 +1,11 @@
 """The `nft-trl` command (nft_trl.cli): dispatch, train / check / eval / vllm-serve, bad input, the shipped recipes and
 accelerate configs, offline on CPU."""
 
+import ast
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +16,11 @@ import yaml
 import nft_trl
 from nft_trl.algorithm.config import NFTConfig
 from nft_trl.cli import main
+from nft_trl.cli.batch import arithmetic
+from nft_trl.cli.environment import missing_model_folder
 from nft_trl.cli.launch import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
-from nft_trl.cli.preflight import (
-    KNOWN_MODELS,
-    RECIPES_DIR,
-    arithmetic,
-    launch_from,
-    missing_model_folder,
-    model_shape,
-    shipped_recipes,
-)
+from nft_trl.cli.memory import KNOWN_MODELS, model_shape
+from nft_trl.cli.preflight import RECIPES_DIR, launch_from, shipped_recipes
 from nft_trl.cli.train import parse_args
 
 
@@ -31,10 +29,35 @@ RECIPE_7B = "Qwen2.5-Math-7B/nft/config_paper"
 RECIPE_32B = "Qwen2.5-32B/nft/config_paper"
 
 
+CPU_RECIPE = "embedded/nft/config_cpu"
+CACHED_MODEL = "Qwen/Qwen2.5-Math-1.5B"
+
+
+@pytest.fixture(autouse=True)
+def hub_cache(tmp_path_factory, monkeypatch):
+    """The Hub cache of these tests: offline, holding `CACHED_MODEL` (as a download leaves it: refs/main and a
+    snapshot with its config.json), and nothing else."""
+    from huggingface_hub import constants
+
+    cache = tmp_path_factory.mktemp("hub-cache")
+    repo = cache / f"models--{CACHED_MODEL.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
 def write_recipe(tmp_path, **values) -> str:
-    """A small recipe on a known model: valid for 2 processes unless `values` say otherwise."""
+    """A small recipe on a known (cached) model and a local dataset: valid for 2 processes unless `values` say
+    otherwise."""
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 1 + 1?", "solution": "2"}) + "\n")
     recipe = dict(
-        model_name_or_path="Qwen/Qwen2.5-Math-1.5B",
+        model_name_or_path=CACHED_MODEL,
+        dataset_name=str(data),
         max_prompt_length=512,
         num_generations=16,
         per_device_train_batch_size=1,
@@ -68,10 +91,19 @@ def test_recipes_are_shipped():
 
 @pytest.mark.parametrize("recipe", shipped_recipes())
 def test_every_recipe_passes_check_for_its_gpu_count(capsys, recipe):
+    # --recipe_only: the cluster recipes name Hub ids and vLLM, which this offline CPU machine lacks.
     documented = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text())["num_processes"]
-    code, out = run_check(capsys, "--config", recipe)
+    code, out = run_check(capsys, "--config", recipe, "--recipe_only")
     assert code == 0, out
     assert f"{documented} process" in out and "Result: OK" in out and "fits in 80 GB" in out
+    assert "WARNING: the learning-rate warm-up" not in out
+
+
+def test_cpu_recipe_passes_the_whole_check_offline(capsys):
+    code, out = run_check(capsys, "--config", CPU_RECIPE)
+    assert code == 0, out
+    assert "Result: OK\n" in out + "\n" and "WARNING" not in out  # nothing to download, no vLLM, no warm-up
+    assert "embedded/pretrained" in out  # model_name_or_path: embedded is the shipped folder
 
 
 @pytest.mark.parametrize(("recipe", "gpus"), [(RECIPE_7B, 32), (RECIPE_32B, 128)])
@@ -187,7 +219,7 @@ def test_flags_override_yaml_and_set_world_size(capsys):
     assert not run.errors
     assert run.training_args.learning_rate == 2e-6 and run.training_args.max_steps == 10
     assert run.launch.num_processes == 64 and run.training_args.generation_batch_size == 4 * 64 * 64
-    code, out = run_check(capsys, "--config", RECIPE_7B, "--num_processes", "64")
+    code, out = run_check(capsys, "--config", RECIPE_7B, "--num_processes", "64", "--recipe_only")
     assert code == 0 and "16,384   (= per_device_train_batch_size 4 x 64 processes" in out
 
 
@@ -218,14 +250,43 @@ def test_unknown_keys_go_to_accelerate(tmp_path):
     assert _without_launch_options(run.argv, run.cli_unknown) == ["--config", recipe, "--learning_rate", "3e-6"]
 
 
-def test_help_lists_every_field(capsys):
-    assert train_main(["--help"]) == 0
+def test_help_all_lists_every_field(capsys):
+    assert train_main(["--help-all"]) == 0
     out = capsys.readouterr().out
     for flag in ("--negative_weight", "--prompt_weighting", "--steps_per_generation", "--use_vllm", "--lora_r"):
         assert flag in out
     for flag in ("--dataset_format", "--reward_funcs", "--method", "--accelerate_config", "--num_processes"):
         assert flag in out
+    assert "--config RECIPE" in out and "shipped recipe by name" in out
     assert "Weight of the loss on wrong answers" in out  # help texts come from the dataclass metadata
+
+
+@pytest.mark.parametrize("command", ["train", "check"])
+def test_help_is_short_and_names_real_options(capsys, command):
+    assert main([command, "--help"]) == 0
+    short = capsys.readouterr().out
+    assert main([command, "--help-all"]) == 0
+    full = capsys.readouterr().out
+    lines = short.splitlines()
+    assert len(lines) <= 70 and max(len(line) for line in lines) <= 119, short
+    assert len(full.splitlines()) > 1000
+    flags = [line.split()[0] for line in lines if line.startswith("  --")]
+    for flag in (
+        "--config",
+        "--model_name_or_path",
+        "--dataset_name",
+        "--output_dir",
+        "--per_device_train_batch_size",
+    ):
+        assert flag in flags
+    for flag in ("--steps_per_generation", "--num_generations", "--learning_rate", "--max_steps", "--use_vllm"):
+        assert flag in flags
+    for flag in ("--negative_weight", "--logging_steps", "--save_steps", "--warmup_steps"):
+        assert flag in flags
+    assert all(f"  {flag} " in full for flag in flags), [f for f in flags if f"  {f} " not in full]
+    assert ("--recipe_only" in flags) == (command == "check")
+    assert f"nft-trl {command} --help-all" in short
+    assert "--learning_rate LR" in short and "default: 1e-06" in short  # defaults come from NFTConfig
 
 
 def test_vllm_serve_hands_over_to_trl(capsys):
@@ -248,7 +309,7 @@ def test_vllm_serve_hands_over_to_trl(capsys):
             "not a multiple of gradient_accumulation_steps (3)",
         ),
         (dict(generation_batch_size=32), [], "Remove generation_batch_size"),
-        (dict(steps_per_generation=None, generation_batch_size=15), [], "Set steps_per_generation instead"),
+        (dict(steps_per_generation=None, generation_batch_size=15), [], "Remove generation_batch_size and use"),
         (dict(do_eval=True, eval_strategy="steps", per_device_eval_batch_size=3), [], "per_device_eval_batch_size"),
         (dict(max_completion_length=4000), [], "exceeds the model's context"),
         (dict(use_vllm=True, vllm_max_model_length=1024), [], "Set vllm_max_model_length: 1536"),
@@ -267,21 +328,155 @@ def test_check_catches(tmp_path, capsys, values, flags, message):
 def test_check_memory_needs_sharding_for_7b(capsys):
     code, out = run_check(capsys, "--config", RECIPE_7B, "--accelerate_config", "multi_gpu")
     assert code == 1 and "DOES NOT FIT" in out and "zero3" in out
-    code, out = run_check(capsys, "--config", RECIPE_7B, "--accelerate_config", "zero3_offload")
+    code, out = run_check(capsys, "--config", RECIPE_7B, "--accelerate_config", "zero3_offload", "--recipe_only")
     assert code == 0 and "offloaded" in out
 
 
 def test_check_unknown_model_size(tmp_path, capsys):
     recipe = write_recipe(tmp_path, model_name_or_path="some-org/some-model")
-    code, out = run_check(capsys, "--config", recipe)
+    code, out = run_check(capsys, "--config", recipe, "--recipe_only")
     assert code == 0 and "Pass --num_params" in out
-    code, out = run_check(capsys, "--config", recipe, "--num_params", "7e9", "--accelerate_config", "zero3")
+    argv = ["--config", recipe, "--num_params", "7e9", "--accelerate_config", "zero3", "--recipe_only"]
+    code, out = run_check(capsys, *argv)
     assert code == 0 and "7.00B params" in out and "activations, logits and KV cache not estimated" in out
 
 
 def test_train_refuses_inconsistent_recipe_without_launching(tmp_path, capsys):
     code = train_main(["--config", write_recipe(tmp_path, steps_per_generation=12)])
     assert code == 1 and "not launched" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# check: what this machine lacks (the Hub, vLLM), the warm-up, batch values that work
+
+
+def closed_port() -> int:
+    """A local port that nothing listens on (a connection is refused at once)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def local_hub():
+    """A local HTTP server standing for a reachable Hub endpoint (it answers 404 to everything)."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_offline_hub_ids_are_caught_with_what_to_pass(tmp_path, capsys, monkeypatch):
+    import accelerate.commands.launch
+
+    def must_not_launch(*args, **kwargs):
+        raise AssertionError("launched")
+
+    monkeypatch.setattr(accelerate.commands.launch, "launch_command", must_not_launch)
+    recipe = write_recipe(tmp_path, model_name_or_path="some-org/not-cached", dataset_name="some-org/some-data")
+    code, out = run_check(capsys, "--config", recipe)
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert code == 1 and len(errors) == 2, out
+    assert (
+        "'some-org/not-cached' is a Hub id, not in the local cache, and the Hub cannot be reached (HF_HUB_OFFLINE=1)"
+        in errors[0]
+    )
+    assert "local model folder" in errors[0] and "'embedded'" in errors[0]
+    assert "'some-org/some-data' is a Hub id" in errors[1] and ".jsonl" in errors[1] and "'embedded'" in errors[1]
+    assert train_main(["--config", recipe]) == 1  # train runs the same check and does not launch
+    out = capsys.readouterr()
+    assert (
+        "not launched" in out.err and out.out.count("cannot be reached") == 2 and "Traceback" not in out.out + out.err
+    )
+    # A cached id is fine offline, and so is a local dataset (write_recipe's defaults).
+    assert run_check(capsys, "--config", write_recipe(tmp_path))[0] == 0
+
+
+def test_unreachable_hub_is_one_short_probe(tmp_path, capsys, monkeypatch, local_hub):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    recipe = write_recipe(tmp_path, model_name_or_path="some-org/not-cached")
+    code, out = run_check(capsys, "--config", recipe)
+    assert code == 1 and "the Hub cannot be reached (http://127.0.0.1:" in out and "did not answer within 3 s" in out
+    monkeypatch.setenv("HF_ENDPOINT", local_hub)  # a Hub that answers: the model is downloaded when training starts
+    code, out = run_check(capsys, "--config", recipe)
+    assert code == 0 and "Hub" not in out, out
+
+
+def test_missing_local_dataset_is_named(tmp_path, capsys):
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, dataset_name="data/no-such-file.jsonl"))
+    assert code == 1 and "dataset_name: data/no-such-file.jsonl does not exist" in out
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, dataset_name=None))
+    assert code == 1 and "dataset_name is not set" in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_use_vllm_without_vllm_is_caught(tmp_path, capsys):
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, use_vllm=True))
+    assert code == 1 and "use_vllm is true but vLLM is not installed: pip install 'nft-trl[vllm]'" in out
+    assert "--use_vllm false" in out
+    assert run_check(capsys, "--config", write_recipe(tmp_path, use_vllm=True), "--recipe_only")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # The new user's run: the 1.5B recipe's 40 warm-up steps and --max_steps 2, learning rate 1e-6.
+        (
+            dict(max_steps=2, warmup_steps=40, lr_scheduler_type="constant_with_warmup", learning_rate=1e-6),
+            "the learning rate will be ~0 for the run (0 at the first step, 2.5e-08 at the last",
+        ),
+        (dict(max_steps=100, warmup_steps=0.5, lr_scheduler_type="cosine"), "(50 steps, cosine) is 50% of the run"),
+        # No max_steps: the run's length is computed (1 question per generation step and 1 optimizer step per 16
+        # answers, so 10 optimizer steps per epoch of 10 questions; 2 epochs).
+        (dict(max_train_samples=10, num_train_epochs=2, warmup_steps=30), "covers the whole run (20 optimizer steps)"),
+        (dict(max_steps=2, warmup_steps=40, lr_scheduler_type="constant"), None),  # no warm-up in that schedule
+        (dict(max_steps=200, warmup_steps=10), None),
+    ],
+)
+def test_warmup_against_the_length_of_the_run(tmp_path, capsys, values, message):
+    code, out = run_check(capsys, "--config", write_recipe(tmp_path, **values))
+    assert code == 0, out  # a warning, not an error: a smoke test may still run
+    if message is None:
+        assert "warm-up" not in out
+    else:
+        assert message in out and "WARNING: the learning-rate warm-up" in out and "--warmup_steps" in out
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        dict(steps_per_generation=12),
+        dict(gradient_accumulation_steps=3, steps_per_generation=16),
+        dict(per_device_train_batch_size=3, steps_per_generation=4, gradient_accumulation_steps=4),
+        dict(steps_per_generation=None, generation_batch_size=15),
+        dict(per_device_train_batch_size=2, gradient_accumulation_steps=32, steps_per_generation=1),
+    ],
+)
+def test_batch_fix_names_flags_that_work(tmp_path, capsys, values):
+    """Each fix the check names, applied as the flags it names, passes the check."""
+    import re
+
+    recipe = write_recipe(tmp_path, **values)
+    code, out = run_check(capsys, "--config", recipe)
+    assert code == 1, out
+    (error,) = [line for line in out.splitlines() if line.startswith("ERROR")]
+    fixes = re.findall(
+        r"(?:Set steps_per_generation.*?: |Or keep steps_per_generation \d+ with )((?:--\w+ \d+ ?)+)", error
+    )
+    assert fixes, error
+    if "generation_batch_size" in values:  # the message says to remove generation_batch_size: do so
+        recipe = write_recipe(tmp_path, **{**values, "generation_batch_size": None})
+    for fix in fixes:
+        code, out = run_check(capsys, "--config", recipe, *fix.split())
+        assert code == 0, f"{fix}\n{out}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -439,3 +634,55 @@ def test_train_end_to_end(tmp_path, tiny_model_path):
 
     args = torch.load(output_dir / "training_args.bin", weights_only=False)
     assert type(args).__name__ == "NFTConfig" and args.learning_rate == 1e-5 and args.max_steps == 2
+
+
+@pytest.mark.slow
+def test_cpu_recipe_trains_as_a_user_types_it(tmp_path):
+    """`nft-trl train --config embedded/nft/config_cpu --max_steps 2`, typed in an empty folder: offline, CPU only."""
+    from safetensors.torch import load_file
+
+    from nft_trl.embedded import embedded_path
+
+    command = [shutil.which("nft-trl")] if shutil.which("nft-trl") else [sys.executable, "-m", "nft_trl.cli"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])  # this checkout's code
+    result = subprocess.run(
+        [*command, "train", "--config", CPU_RECIPE, "--max_steps", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Result: OK" in result.stdout and "\nWARNING: " not in result.stdout  # the check had nothing to say
+    assert "Held-out accuracy (256 problems" in result.stdout
+    output_dir = tmp_path / "outputs" / "embedded-nft-cpu"
+    assert (output_dir / "learning_curve.png").exists()
+    trained = load_file(output_dir / "model.safetensors")
+    shipped = load_file(embedded_path() / "model.safetensors")
+    assert trained.keys() == shipped.keys()
+    # AdamW moves a weight by up to ~learning_rate (2e-4) per step: 2 steps moved some by more than half a step (a
+    # learning rate ~0, as under a warm-up longer than the run, would move none by more than 1e-7).
+    assert max((trained[k].float() - shipped[k].float()).abs().max().item() for k in trained) > 1e-4
+
+
+def test_cli_modules_import_without_circles():
+    """No import circle between the modules of nft_trl/cli (every import statement, in functions too)."""
+    cli = PACKAGE_ROOT / "nft_trl" / "cli"
+    modules = {path.stem for path in cli.glob("*.py")}
+    imports = {}
+    for path in cli.glob("*.py"):
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("nft_trl.cli")):
+                module = (node.module or "").removeprefix("nft_trl.cli").lstrip(".")
+                names = [module] if module else [alias.name for alias in node.names]
+                targets |= {name.split(".")[0] for name in names} & modules
+        imports[path.stem] = targets - {path.stem}
+
+    def reaches(start, goal, seen=()):
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, (*seen, nxt))) for nxt in imports[start])
+
+    assert imports["arguments"] == set() and "launch" not in imports["train"] | imports["preflight"]
+    assert not [module for module in imports if reaches(module, module)], imports

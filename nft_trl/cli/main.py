@@ -18,6 +18,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from .arguments import exit_code
+
 
 def build_eval_parser() -> argparse.ArgumentParser:
     from nft_trl.evaluation import PAPER_BENCHMARKS, PRESETS
@@ -84,7 +86,7 @@ def eval_main(argv: list[str]) -> int:
     """`nft-trl eval`: evaluate a checkpoint on math benchmarks."""
     from pathlib import Path
 
-    from .preflight import missing_model_folder
+    from .environment import missing_model_folder
 
     try:
         args = build_eval_parser().parse_args(argv)
@@ -107,11 +109,6 @@ def eval_main(argv: list[str]) -> int:
     print(markdown_table(results))
     print(f"Results: {Path(output_dir) / 'results.json'} (samples under {Path(output_dir) / 'samples'})")
     return 0
-
-
-def exit_code(exit_: SystemExit) -> int:
-    """The exit code an argparse `SystemExit` carries (`--help`: 0, a usage error: 2, a message: 1)."""
-    return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
 
 
 def _train(argv: list[str]) -> int:

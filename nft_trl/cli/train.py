@@ -6,28 +6,35 @@ what `examples/train_nft.py` runs):
     accelerate launch --config_file nft_trl/accelerate_configs/zero3.yaml nft_trl/cli/train.py \
         --config nft_trl/recipes/Qwen2.5-Math-7B/nft/config_paper.yaml
 
-Arguments are three dataclasses parsed by TRL's `TrlParser`: `NFTScriptArguments` (data, rewards, which trainer),
-the training config and TRL's `ModelConfig` (model loading, LoRA). The training config is `NFTConfig` for
-`method: nft` and TRL's plain `GRPOConfig` for `method: grpo` (the GRPO and DAPO baselines run through TRL's own
-`GRPOTrainer`, untouched by NFT's validation). `--help` lists them all. A key that is none of their fields, nor an
-option of the launcher or of `accelerate launch`, stops the run with the field it probably meant.
+Arguments are three dataclasses (`nft_trl.cli.arguments`) parsed by TRL's `TrlParser`: `NFTScriptArguments` (data,
+rewards, which trainer), the training config and TRL's `ModelConfig` (model loading, LoRA). The training config is
+`NFTConfig` for `method: nft` and TRL's plain `GRPOConfig` for `method: grpo` (the GRPO and DAPO baselines run through
+TRL's own `GRPOTrainer`, untouched by NFT's validation). `--help` lists them all. A key that is none of their fields,
+nor an option of the launcher or of `accelerate launch`, stops the run with the field it probably meant.
+`model_name_or_path: embedded` is the model shipped with the package, `dataset_name: embedded` its addition task
+(with held-out accuracy before and after training); no model at all runs the embedded demo (`nft_trl.embedded.demo`).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-from trl import GRPOConfig, ModelConfig, TrlParser
+from trl import GRPOConfig, ModelConfig
 
-from nft_trl.algorithm.config import NFTConfig
+from nft_trl.cli.arguments import (
+    CONFIG_CLASSES,
+    EMBEDDED,
+    NFTScriptArguments,
+    RecipeError,
+    make_parser,
+    requested_method,
+    resolve_embedded_model,
+    unknown_key_problems,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -39,72 +46,6 @@ REWARD_FUNCS = {
     "dapo_strict_box": "nft_trl.rewards.verifier.dapo_strict_box",
     "countdown_reward": "nft_trl.rewards.countdown.countdown_reward",
 }
-#: The training config of each `method`.
-CONFIG_CLASSES: dict[str, type[GRPOConfig]] = {"nft": NFTConfig, "grpo": GRPOConfig}
-
-
-class RecipeError(ValueError):
-    """A recipe or a flag that cannot be used; the message names the file or key and what to change."""
-
-
-@dataclass
-class NFTScriptArguments:
-    """Data, rewards and trainer choice of the training script (training hyper-parameters: the training config)."""
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hub id (e.g. BytedTsinghua-SIA/DAPO-Math-17k) or local path: a .parquet/.jsonl/.json/.csv file, "
-            "a folder of such files, or a dataset saved with save_to_disk."
-        },
-    )
-    dataset_format: str = field(
-        default="auto",
-        metadata={
-            "help": "'dapo' (DAPO-Math-17k: repeats dropped, the paper's \\boxed{} prompt), 'verl' (prompt, "
-            "reward_model.ground_truth, data_source), 'prompt_solution' (columns prompt and solution), or 'auto'.",
-            "choices": ["auto", "dapo", "verl", "prompt_solution"],
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name on the Hub."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_test_split: str | None = field(
-        default=None,
-        metadata={"help": "Split to evaluate on (used when eval_strategy is not 'no'); see also eval_fraction."},
-    )
-    eval_fraction: float = field(
-        default=0.0,
-        metadata={"help": "Without dataset_test_split: fraction of the training questions held out for evaluation."},
-    )
-    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate on at most this many questions."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on at most this many questions (smoke tests)."}
-    )
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Drop the questions whose prompt is longer than this many tokens (TRL does not truncate "
-            "prompts; verl's filter_overlong_prompts). The paper: 512 (7B), 2048 (32B)."
-        },
-    )
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["math_verifier"],
-        metadata={
-            "help": "Reward functions by name (math_verifier: math-verify equivalence; dapo_strict_box: the NFT "
-            "authors' verdict; countdown_reward: Countdown problems, with 'numbers' and 'target' columns) or dotted "
-            "import path (my_pkg.rewards.fn). The first "
-            "one gives NFT's correct/wrong verdict unless correctness_reward names another."
-        },
-    )
-    method: str = field(
-        default="nft",
-        metadata={
-            "help": "'nft': NFTTrainer with NFTConfig (NFT, or RFT with negative_weight 0). 'grpo': TRL's "
-            "GRPOTrainer with a plain GRPOConfig, for the GRPO / Dr. GRPO / DAPO baselines (loss_type, epsilon_high, "
-            "scale_rewards); NFT-only fields are unknown keys there.",
-            "choices": ["nft", "grpo"],
-        },
-    )
 
 
 def resolve_reward_funcs(names: list[str]) -> list[Any]:
@@ -128,6 +69,13 @@ def load_datasets(script_args: NFTScriptArguments, training_args: GRPOConfig, to
     from nft_trl.runtime.inputs import check_prompt_filter
 
     def load(split: str):
+        if script_args.dataset_name == EMBEDDED:  # the embedded addition task: prompt and solution columns
+            from nft_trl.embedded import make_dataset
+            from nft_trl.embedded.demo import DEMO_EVAL_PROMPTS, DEMO_TRAIN_PROMPTS
+
+            train_split = split == script_args.dataset_train_split
+            size = DEMO_TRAIN_PROMPTS if train_split else DEMO_EVAL_PROMPTS
+            return make_dataset(split, size, seed=training_args.seed if train_split else 0)
         return load_math_dataset(
             script_args.dataset_name, script_args.dataset_format, split=split, config=script_args.dataset_config
         )
@@ -164,16 +112,12 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
-    demo = None
+    from nft_trl.embedded import demo as demo_module
+
     if model_args.model_name_or_path is None:
         # The embedded offline demo: the shipped model and its task (nft_trl.embedded).
-        from nft_trl.embedded import demo as demo_module
-
         model, tokenizer, train_dataset, held_out = demo_module.load_demo(training_args)
         eval_dataset = None
-        demo = demo_module.HeldOutAccuracyCallback(
-            tokenizer, held_out, max_new_tokens=training_args.max_completion_length
-        )
         script_args.dataset_name = "the embedded task (nft_trl.embedded)"
     else:
         if script_args.dataset_name is None:
@@ -195,6 +139,16 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
             model, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
         )
         train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer)
+        held_out = None
+        if script_args.dataset_name == EMBEDDED:  # the embedded task has a held-out split: accuracy before and after
+            from nft_trl.embedded import make_dataset
+
+            held_out = make_dataset("test", demo_module.DEMO_EVAL_PROMPTS, seed=0)
+    demo = None
+    if held_out is not None:
+        demo = demo_module.HeldOutAccuracyCallback(
+            tokenizer, held_out, max_new_tokens=training_args.max_completion_length
+        )
     logger.info("Training on %d questions (%s)", len(train_dataset), script_args.dataset_name)
 
     # `training_args` is a GRPOConfig for method grpo (see `make_parser`), an NFTConfig for method nft.
@@ -225,45 +179,6 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
     trainer.accelerator.end_training()  # finish the trackers and destroy the process group
 
 
-def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """The mapping of a YAML file (a recipe, an accelerate config); `RecipeError` with the file, line and column when
-    the YAML is malformed."""
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(error, "problem", None) or str(error)
-        context = getattr(error, "context", None)
-        raise RecipeError(f"{where}: malformed YAML: {problem}{f' ({context})' if context else ''}.") from None
-    except OSError as error:
-        raise RecipeError(f"Cannot read {path}: {error.strerror or error}.") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise RecipeError(f"{path}: expected a YAML mapping of `key: value` lines, not a {type(values).__name__}.")
-    return values
-
-
-def requested_method(argv: list[str], recipe: dict[str, Any] | None = None) -> str:
-    """The `method` of a run: the `--method` flag, else the recipe's `method` (`recipe`, else read from `--config`),
-    else "nft"."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--method")
-    pre.add_argument("--config")
-    flags, _ = pre.parse_known_args(argv)
-    if recipe is None:
-        recipe = read_recipe(flags.config) if flags.config else {}
-    method = flags.method if flags.method is not None else recipe.get("method", "nft")
-    if method not in CONFIG_CLASSES:
-        raise RecipeError(f"method={method!r} is not supported: use 'nft' or 'grpo'.")
-    return method
-
-
-def make_parser(config_class: type[GRPOConfig] = NFTConfig, prog: str | None = None) -> TrlParser:
-    return TrlParser((NFTScriptArguments, config_class, ModelConfig), prog=prog)
-
-
 def cpu_rehearsal_defaults() -> dict[str, Any]:
     """`{"use_cpu": True}` in a process accelerate started with DeepSpeed on a machine without GPUs, else `{}`.
 
@@ -292,8 +207,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[NFTScriptArguments, GRPOC
     `accelerate launch` (a recipe holds `num_processes` or `accelerate_config` for `nft-trl train`); any other key
     exits with the field it probably meant.
     """
-    from nft_trl.cli.launch import unknown_key_problems
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config_class = CONFIG_CLASSES[requested_method(argv)]
@@ -309,6 +222,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[NFTScriptArguments, GRPOC
     if problems:
         raise SystemExit("\n".join(f"ERROR: {p}" for p in problems))
     script_args, training_args, model_args = parsed
+    resolve_embedded_model(model_args)
     if model_args.model_name_or_path is None:
         from nft_trl.embedded.demo import demo_defaults
 
