@@ -2,14 +2,15 @@
 
     python benchmarks/compare_algorithms.py --phase tune     # variant x lr x regime x starting model, validation set
     python benchmarks/compare_algorithms.py --phase final    # the chosen lr per (variant, regime, model), 5 seeds, test
-    python benchmarks/compare_algorithms.py --phase report   # results.json, results.md and the plots
+    python benchmarks/compare_algorithms.py --phase report   # results.json.gz, results.md and the plots
     python benchmarks/compare_algorithms.py --phase tune --only variant=nft,rft regime=off --max_cells 4
     python benchmarks/compare_algorithms.py --pilot --phase tune   # the same grid with tiny settings (seconds a run)
     python benchmarks/compare_algorithms.py --task countdown --phase tune   # the same protocol on the countdown task
 
-The grid is a list of runs ("cells"); each finished cell is written at once to its own JSON file under
-`<out>/cells/`, so a rerun skips the finished cells and a killed run loses at most the cell in progress. The final
-phase runs the cells whose learning rate is already chosen (all their tune cells finished) and says which wait.
+The grid is a list of runs ("cells"); each finished cell is written at once to its own gzip-compressed JSON file
+under `<out>/cells/` (`<name>.json.gz`; a plain `<name>.json` of an older folder counts as finished too), so a rerun
+skips the finished cells and a killed run loses at most the cell in progress. The final phase runs the cells whose
+learning rate is already chosen (all their tune cells finished) and says which wait.
 `--phase tune` and `--phase final` end with the report of whatever has finished. The variants, settings and
 statistics are those of the protocol; the report's code is in `compare_report.py` beside this file.
 
@@ -50,7 +51,9 @@ os.environ.setdefault("CI", "true")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare_report.py, when run as a script or imported
 
+import compare_report  # noqa: E402
 import torch  # noqa: E402
+from compare_report import json_files, read_json, write_json  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
@@ -262,8 +265,9 @@ def model_fingerprint(path: str | os.PathLike) -> str:
 
 def check_fingerprint(out: Path, start: str, fingerprint: str) -> None:
     """Refuse to add runs from a starting model other than the one this grid's finished runs of `start` began from."""
-    for path in sorted((out / "starts").glob(f"{start}-*.json")) + sorted((out / "cells").glob(f"*-{start}-*.json")):
-        recorded = json.loads(path.read_text()).get("start_fingerprint")
+    paths = [*json_files(out / "starts", f"{start}-*").values(), *json_files(out / "cells", f"*-{start}-*").values()]
+    for path in paths:
+        recorded = read_json(path).get("start_fingerprint")
         if recorded is not None and recorded != fingerprint:
             raise SystemExit(
                 f"{start}'s model (weights {fingerprint}) is not the one {path} began from ({recorded}). Restore that "
@@ -377,21 +381,14 @@ def starting_point(settings: Settings, start: str, phase: str, path: str) -> dic
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Files: one JSON per finished cell, written atomically
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)  # a killed run leaves no half-written result
+# Files: one gzip-compressed JSON per finished cell, written atomically (`compare_report.write_json`)
 
 
 def load_finished(out: Path, settings: Settings) -> list[dict]:
     """Every finished cell under `out`; refuses results written with other settings (another protocol or the pilot)."""
     results = []
-    for path in sorted((out / "cells").glob("*.json")):
-        result = json.loads(path.read_text())
+    for path in json_files(out / "cells").values():
+        result = read_json(path)
         if result["settings"] != settings_dict(settings):
             raise SystemExit(f"{path} was run with other settings; use another --out (or --pilot to match it).")
         results.append(result)
@@ -404,7 +401,8 @@ def settings_dict(settings: Settings) -> dict:
 
 def run_cells(cells: list[Cell], settings: Settings, out: Path, max_cells: int | None) -> int:
     """Run the unfinished cells in order (at most `max_cells`); returns how many ran."""
-    todo = [c for c in cells if not (out / "cells" / f"{c.name}.json").exists()]
+    finished = json_files(out / "cells")  # either form: a resume never runs a finished cell again
+    todo = [c for c in cells if c.name not in finished]
     logger.info("%d cells selected, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
     ran = 0
     models: dict[str, tuple[str, str]] = {}  # start -> (directory, fingerprint)
@@ -415,11 +413,14 @@ def run_cells(cells: list[Cell], settings: Settings, out: Path, max_cells: int |
             check_fingerprint(out, cell.start, models[cell.start][1])
         path, fingerprint = models[cell.start]
         recorded = {"settings": settings_dict(settings), "start_fingerprint": fingerprint}
-        starting = out / "starts" / f"{cell.start}-{PHASE_SPLIT[cell.phase]}.json"
-        if not starting.exists():
-            write_json(starting, {**recorded, **starting_point(settings, cell.start, cell.phase, path)})
+        starting = f"{cell.start}-{PHASE_SPLIT[cell.phase]}"
+        if starting not in json_files(out / "starts", starting):
+            write_json(
+                out / "starts" / f"{starting}.json",
+                {**recorded, **starting_point(settings, cell.start, cell.phase, path)},
+            )
         result = run_cell(settings, cell, path)
-        write_json(out / "cells" / f"{cell.name}.json", {**recorded, **result})
+        write_json(out / "cells" / f"{cell.name}.json.gz", {**recorded, **result})
         ran += 1
         curve = result["curve"]
         logger.info(
@@ -460,10 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("final %s %s-policy %s: waits for its tune cells", variant, regime, start)
         run_cells([c for c in cells if selected(c, only)], settings, out, opts.max_cells)
     if opts.phase == "report" or not opts.no_report:
-        import compare_report
-
         results = load_finished(out, settings)
-        starts = [json.loads(path.read_text()) for path in sorted((out / "starts").glob("*.json"))]
+        starts = [read_json(path) for path in json_files(out / "starts").values()]
         compare_report.write_report(out, settings, results, starts, choose_learning_rates(settings, results))
     return 0
 

@@ -1,17 +1,22 @@
 """The report of `compare_algorithms.py`: summaries with intervals, paired differences, tables and plots.
 
 `write_report` reads the finished cells (whatever subset has finished) and writes, into the output folder,
-`results.json` (every cell, the starting points, the learning-rate choices, the summaries and the paired
+`results.json.gz` (gzip-compressed JSON: every cell, the starting points, the learning-rate choices, the summaries and the paired
 differences), `results.md` (the same as tables) and three plots: `curves.png` (sampled accuracy during training),
 `entropy.png` (the trainers' logged token entropy) and `pass_at_k.png` (pass@k vs k). The statistics are those of the
 protocol in `benchmarks/README.md`: the mean over seeds with a t-based 95% interval, and paired differences per
 (seed, starting model), per starting model and pooled over both.
+
+The grid's files (cells, `results.json.gz`) are gzip-compressed JSON, written atomically by `write_json`; `read_json`
+and `json_files` read a plain `.json` as well, so an output folder written before the compression still works.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,46 @@ REFERENCE = "nft"
 # Paired differences A - B reported besides NFT - X: the weighting alone, and NFT's GRPO-like weighting vs GRPO.
 EXTRA_PAIRS = (("rft_w", "rft"), ("nft_sqrt", "grpo"))
 PAIR_METRICS = ("sampled", "greedy", "pass@16", "entropy_last")
+
+
+# The grid's files: JSON, gzip-compressed when the name ends in `.gz`; a plain `.json` is read too.
+JSON_SUFFIXES = (".json.gz", ".json")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write `payload` as JSON (gzip-compressed if `path` ends in `.gz`) through a temporary file and `os.replace`.
+
+    A killed or failed write leaves the previous file, or none, never a half-written one. The gzip header carries no
+    time stamp, so the same payload gives the same bytes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(payload, indent=1).encode()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`: gzip-compressed if its name ends in `.gz`, else plain."""
+    data = path.read_bytes()
+    return json.loads(gzip.decompress(data) if path.name.endswith(".gz") else data)
+
+
+def json_files(folder: Path, pattern: str = "*") -> dict[str, Path]:
+    """The files `<folder>/<pattern>.json.gz` and `<folder>/<pattern>.json`, by name without the suffix, sorted.
+
+    One name in both forms is refused: which of the two holds the result is not for the reader to guess.
+    """
+    found: dict[str, Path] = {}
+    for suffix in JSON_SUFFIXES:
+        for path in folder.glob(pattern + suffix):
+            name = path.name.removesuffix(suffix)
+            if name in found:
+                raise SystemExit(f"{found[name]} and {path} are one result in two forms; delete the one to drop.")
+            found[name] = path
+    return {name: found[name] for name in sorted(found, key=lambda name: name + ".json")}
 
 
 def metric(result: dict, name: str) -> float:
@@ -260,7 +305,10 @@ def plot(settings, results, phase, out: Path) -> list[str]:
 
 
 def write_report(out: Path, settings, results: list[dict], starts: list[dict], chosen: dict) -> dict:
-    """Write results.json, results.md and the plots for the finished cells; returns what results.json holds."""
+    """Write results.json.gz, results.md and the plots for the finished cells; returns what results.json.gz holds.
+
+    A plain `results.json` left by an older version is removed, so that the folder holds one report.
+    """
     out.mkdir(parents=True, exist_ok=True)
     phase = "final" if any(r["cell"]["phase"] == "final" for r in results) else "tune"
     metrics = ["sampled", "greedy", *(f"pass@{k}" for k in settings.pass_ks), "entropy_last", "wall_seconds"]
@@ -280,5 +328,6 @@ def write_report(out: Path, settings, results: list[dict], starts: list[dict], c
         "cells": [{k: v for k, v in r.items() if k != "settings"} for r in results],
         "plots": plots,
     }
-    (out / "results.json").write_text(json.dumps(report, indent=1))
+    write_json(out / "results.json.gz", report)
+    (out / "results.json").unlink(missing_ok=True)
     return report

@@ -3,8 +3,11 @@
 The script runs in-process (a subprocess would import trl again, which costs more than the two tiny cells).
 """
 
+import gzip
 import importlib.util
 import json
+import multiprocessing
+import resource
 import sys
 from pathlib import Path
 
@@ -67,19 +70,91 @@ def test_pair_verdict_waits_for_every_seed_then_needs_both_models_to_agree(compa
     assert compare_report.pair_verdict({"build1": full["build1"]}, (-2.0, 1.0), starts, 5) == "incomplete"
 
 
+def read_gz(path):
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+def test_json_files_are_compressed_read_in_either_form_and_refused_in_both(compare, tmp_path):
+    import compare_report
+
+    payload = {"cell": {"lr": 1e-4}, "curve": [[0, 0.5], [1, float("nan")]], "name": "é"}
+    compare_report.write_json(tmp_path / "a.json.gz", payload)
+    data = (tmp_path / "a.json.gz").read_bytes()
+    assert data[:2] == b"\x1f\x8b"  # gzip
+    assert gzip.decompress(data) == json.dumps(payload, indent=1).encode()
+    compare_report.write_json(tmp_path / "a.json.gz", payload)
+    assert (tmp_path / "a.json.gz").read_bytes() == data  # no time stamp: the same payload, the same bytes
+    compare_report.write_json(tmp_path / "b.json", payload)  # a plain name stays plain
+    assert json.loads((tmp_path / "b.json").read_text())["name"] == "é"
+    assert json.dumps(compare_report.read_json(tmp_path / "b.json")) == json.dumps(payload)
+    assert json.dumps(compare_report.read_json(tmp_path / "a.json.gz")) == json.dumps(payload)
+    (tmp_path / "c.txt").write_text("not a result")
+    assert compare_report.json_files(tmp_path) == {"a": tmp_path / "a.json.gz", "b": tmp_path / "b.json"}
+    assert compare_report.json_files(tmp_path, "b*") == {"b": tmp_path / "b.json"}
+    assert compare_report.json_files(tmp_path / "missing") == {}
+    (tmp_path / "a.json").write_text("{}")
+    with pytest.raises(SystemExit, match="a.json.gz and .*a.json are one result in two forms"):
+        compare_report.json_files(tmp_path)
+
+
+def _write_under_file_size_limit(path, payload, limit):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    import compare_report
+
+    compare_report.write_json(path, payload)
+
+
+def test_a_failed_write_leaves_the_previous_file(compare, tmp_path):
+    import compare_report
+
+    path = tmp_path / "cells" / "tune-build1-on-nft-lr0.0001-seed100.json.gz"
+    compare_report.write_json(path, {"old": True})
+    before = path.read_bytes()
+    payload = {"noise": [str(i * 7919 % 104729) for i in range(200_000)]}  # about 1 MB compressed
+    # A child whose files may not grow past 64 KiB: its write fails partway, as on a full disk.
+    child = multiprocessing.get_context("fork").Process(
+        target=_write_under_file_size_limit, args=(path, payload, 64 * 1024)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode != 0
+    assert path.read_bytes() == before
+    assert compare_report.json_files(path.parent) == {"tune-build1-on-nft-lr0.0001-seed100": path}
+
+
+def test_fingerprint_check_reads_starts_and_cells_in_either_form(compare, tmp_path):
+    import compare_report
+
+    compare_report.write_json(tmp_path / "starts" / "build2-validation.json", {"start_fingerprint": "aaaa"})
+    compare_report.write_json(tmp_path / "cells" / "tune-build2-on-nft-lr0.0001-seed100.json", {})
+    compare_report.write_json(
+        tmp_path / "cells" / "tune-build2-on-rft-lr0.0001-seed100.json.gz", {"start_fingerprint": "aaaa"}
+    )
+    compare.check_fingerprint(tmp_path, "build2", "aaaa")
+    compare.check_fingerprint(tmp_path, "build1", "bbbb")  # no runs of build1 yet
+    compare_report.write_json(tmp_path / "starts" / "build2-validation.json", {"start_fingerprint": "bbbb"})
+    with pytest.raises(SystemExit, match="tune-build2-on-rft-lr0.0001-seed100.json.gz began from \\(aaaa\\)"):
+        compare.check_fingerprint(tmp_path, "build2", "bbbb")
+
+
 def test_pilot_runs_resumes_and_reports(compare, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["--pilot", "--out", str(out), "--only", "variant=nft", "regime=on"]
     assert compare.main(["--phase", "tune", *args, "--max_cells", "1"]) == 0
-    cells = sorted((out / "cells").glob("*.json"))
-    assert [c.name for c in cells] == ["tune-build1-on-nft-lr0.0001-seed100.json"]
-    first = json.loads(cells[0].read_text())
+    cells = sorted((out / "cells").iterdir())
+    assert [c.name for c in cells] == ["tune-build1-on-nft-lr0.0001-seed100.json.gz"]
+    first = read_gz(cells[0])
     assert set(first["final"]["pass_at_k"]) == {"1", "2", "4"}
     assert first["final"]["pass_at_k"]["1"] == pytest.approx(first["final"]["sampled"])
     assert [step for step, _ in first["curve"]] == [0, 1, 2]
     assert len(first["entropy_curve"]) == 2
+    assert (out / "results.json.gz").exists() and not (out / "results.json").exists()
 
-    # A second invocation skips the finished cell and runs only the other learning rate.
+    # The cell as an older version wrote it (plain JSON) counts as finished: a second invocation skips it and runs
+    # only the other learning rate.
+    plain = cells[0].with_name(cells[0].name.removesuffix(".gz"))
+    plain.write_bytes(gzip.decompress(cells[0].read_bytes()))
+    cells[0].unlink()
     ran = []
     original = compare.run_cell
     monkeypatch.setattr(
@@ -87,13 +162,17 @@ def test_pilot_runs_resumes_and_reports(compare, tmp_path, monkeypatch):
     )
     assert compare.main(["--phase", "tune", *args]) == 0
     assert ran == ["tune-build1-on-nft-lr0.0004-seed100"]
-    assert cells[0].read_text() == json.dumps(first, indent=1)  # untouched
+    assert plain.read_text() == json.dumps(first, indent=1)  # untouched
+    assert (out / "cells" / "tune-build1-on-nft-lr0.0004-seed100.json.gz").exists()
 
     # Both tune cells of the group are in: the final phase runs at the chosen learning rate.
     assert compare.main(["--phase", "final", *args, "--max_cells", "1", "--no_report"]) == 0
+    (out / "results.json").write_text("{}")  # an older version's report, replaced by the new one
     assert compare.main(["--phase", "report", *args]) == 0
-    report = json.loads((out / "results.json").read_text())
+    assert not (out / "results.json").exists()
+    report = read_gz(out / "results.json.gz")
     assert report["phase_reported"] == "final"
+    assert len(report["cells"]) == 3
     (choice,) = report["chosen_learning_rates"]
     assert (choice["variant"], choice["regime"], choice["start"]) == ("nft", "on", "build1")
     final_cells = [c for c in report["cells"] if c["cell"]["phase"] == "final"]
@@ -105,6 +184,10 @@ def test_pilot_runs_resumes_and_reports(compare, tmp_path, monkeypatch):
     # Results of other settings are refused rather than mixed in.
     with pytest.raises(SystemExit, match="other settings"):
         compare.main(["--phase", "report", "--out", str(out)])
+    # One cell in both forms is refused rather than guessed at.
+    (out / "cells" / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    with pytest.raises(SystemExit, match="one result in two forms"):
+        compare.main(["--phase", "report", *args])
 
 
 def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path, monkeypatch):
@@ -127,7 +210,7 @@ def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path
     out = tmp_path / "out"
     args = ["--pilot", "--task", "countdown", "--out", str(out), "--only", "variant=nft", "regime=on", "lr=0.0001"]
     assert compare.main(["--phase", "tune", *args]) == 0
-    (cell,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    (cell,) = [read_gz(p) for p in (out / "cells").glob("*.json.gz")]
     assert cell["cell"]["start"] == "countdown1" and cell["settings"]["starts"] == ["countdown1"]
     assert 0.0 <= cell["final"]["sampled"] <= 1.0
     assert "| countdown1 | validation |" in (out / "results.md").read_text()
@@ -142,7 +225,7 @@ def test_countdown_task_runs_the_same_grid_from_its_own_models(compare, tmp_path
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "empty-cache"))
     monkeypatch.setattr(model_module, "build_embedded", lambda *_: pytest.fail("rebuilt although a copy is kept"))
     assert compare.main(["--phase", "tune", *args[:-1], "lr=0.0004", "--no_report"]) == 0
-    assert len(list((out / "cells").glob("*.json"))) == 2
+    assert len(list((out / "cells").glob("*.json.gz"))) == 2
     # A different model under the same name is refused before any run, with what to do about it.
     (weights,) = kept.glob("*.safetensors")
     weights.write_bytes(weights.read_bytes() + b" ")
