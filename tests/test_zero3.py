@@ -1,19 +1,22 @@
 """DeepSpeed on CPU with two processes (gloo): ZeRO-3 trains as plain data parallelism does, dynamic sampling's extra
 rounds finish on both ranks, a ZeRO-3 checkpoint resumes where it stopped and its consolidated model loads and
-evaluates, ZeRO-2 trains, and `nft-trl train` rehearses a ZeRO-3 recipe on a machine without GPUs.
+evaluates, ZeRO-2 trains, and `nft-trl train` rehearses a ZeRO-3 recipe on a machine without GPUs, also after a
+rehearsal killed while DeepSpeed compiled its op left torch's build lock behind.
 
 Every launch runs under a timeout in its own process group: a hang fails the test instead of blocking the suite.
 """
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from launching import free_port, run
+from launching import LAUNCH_TIMEOUT_S, free_port, kill_launch, run
 
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'nft-trl[deepspeed]')")
@@ -149,7 +152,9 @@ def test_zero2_trains(tmp_path, tiny_model_path):
     assert all((after[n] - initial[n]).abs().max() > 0 for n in initial)
 
 
-def test_nft_trl_train_rehearses_a_zero3_recipe_on_cpu(tmp_path, tiny_model_path):
+def rehearsal_command(tmp_path: Path, model: str) -> list[str]:
+    """`nft-trl train` of a two-process ZeRO-3 recipe; on a machine without GPUs, a CPU rehearsal."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = tmp_path / "data.jsonl"
     data.write_text(
         "".join(json.dumps({"prompt": f"What is {i} + {i}?", "solution": str(2 * i)}) + "\n" for i in range(16))
@@ -157,7 +162,7 @@ def test_nft_trl_train_rehearses_a_zero3_recipe_on_cpu(tmp_path, tiny_model_path
     recipe = {
         "accelerate_config": "zero3",
         "num_processes": 2,
-        "model_name_or_path": tiny_model_path,
+        "model_name_or_path": model,
         "dataset_name": str(data),
         "dataset_format": "prompt_solution",
         "output_dir": str(tmp_path / "out"),
@@ -170,21 +175,65 @@ def test_nft_trl_train_rehearses_a_zero3_recipe_on_cpu(tmp_path, tiny_model_path
         "gradient_checkpointing": False,
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "nft_trl.cli",
-            "train",
-            "--config",
-            str(tmp_path / "recipe.yaml"),
-            "--main_process_port",
-            str(free_port()),
-        ],
-        expect=tmp_path / "out" / "model.safetensors",
-    )
+    return [
+        sys.executable,
+        "-m",
+        "nft_trl.cli",
+        "train",
+        "--config",
+        str(tmp_path / "recipe.yaml"),
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
+def test_nft_trl_train_rehearses_a_zero3_recipe_on_cpu(tmp_path, tiny_model_path):
+    result = run(rehearsal_command(tmp_path, tiny_model_path), expect=tmp_path / "out" / "model.safetensors")
     assert "CPU rehearsal" in result.stdout + result.stderr
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU rehearsal path runs only without GPUs")
+def test_rehearsal_after_a_build_killed_mid_compilation(tmp_path, tiny_model_path, monkeypatch):
+    """A rehearsal SIGKILLed while DeepSpeed compiles its shared-memory op leaves torch's build lock behind; the next
+    rehearsal deletes it and trains instead of waiting on it forever. A fresh TORCH_EXTENSIONS_DIR: a real build."""
+    extensions = tmp_path / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    build_dir = extensions / "deepspeed_shm_comm"
+    lock = build_dir / "lock"
+    first = subprocess.Popen(
+        rehearsal_command(tmp_path / "first", tiny_model_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not (lock.exists() and _compiling_in(build_dir)):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never started the build"
+            time.sleep(0.2)
+    finally:
+        kill_launch(first.pid)  # the launcher, both ranks, ninja and the compilers
+        first.wait()
+    time.sleep(1)
+    assert lock.exists() and not _compiling_in(build_dir), "the kill left the lock and no build"
+
+    out = tmp_path / "second"
+    result = run(rehearsal_command(out, tiny_model_path), expect=out / "out" / "model.safetensors", timeout=900)
+    assert f"Deleted the stale torch extension build lock {lock}" in result.stderr
+    assert (out / "out" / "model.safetensors").exists() and (build_dir / "deepspeed_shm_comm.so").exists()
+
+
+def _compiling_in(directory: Path) -> bool:
+    """Whether a process (ninja, the compiler) works in `directory`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == str(directory):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _load(path):

@@ -188,11 +188,17 @@ def cpu_rehearsal_defaults() -> dict[str, Any]:
     mismatch against the accelerate config). `use_cpu=True` starts the processes over gloo, DeepSpeed runs on its CPU
     accelerator, and bf16 follows the accelerate config: a CPU rehearsal of a cluster recipe. It is a default, so a
     recipe's or a flag's `use_cpu` still wins.
+
+    Before DeepSpeed starts (it builds its CPU ops while the training config is parsed), build locks that an
+    interrupted build left behind are deleted (`nft_trl.cli.build_locks`): DeepSpeed would wait on them forever.
     """
     import torch
 
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or torch.cuda.is_available():
         return {}
+    from nft_trl.cli.build_locks import clear_stale_build_locks
+
+    clear_stale_build_locks()
     if os.environ.get("RANK", "0") == "0":
         print(
             "DeepSpeed on a machine without GPUs: a CPU rehearsal (use_cpu=True: gloo, DeepSpeed's CPU accelerator)."

@@ -23,6 +23,7 @@ from datasets import Dataset  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
+from nft_trl.cli.build_locks import clear_stale_build_locks  # noqa: E402
 from nft_trl.embedded.scripted import scripted_generation  # noqa: E402
 
 
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--use_cpu", action="store_true")
     opts = parser.parse_args()
     out = Path(opts.out)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not torch.cuda.is_available():
+        clear_stale_build_locks()  # as nft_trl.cli.train does before DeepSpeed builds its CPU ops
 
     first_round_seen: set[int] = set()
 
