@@ -20,7 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from nft_trl.evaluation import evaluate, runner
+from nft_trl.evaluation import evaluate
+from nft_trl.evaluation import store as runner
 from nft_trl.evaluation.generation import Sample
 
 

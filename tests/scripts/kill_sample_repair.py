@@ -41,7 +41,7 @@ def zygote(path: Path) -> None:
 
     The forked process prints `ready <pid>` just before the repair; the parent kills it by that pid.
     """
-    from nft_trl.evaluation.runner import SampleStore
+    from nft_trl.evaluation.store import SampleStore
 
     print("imported", flush=True)
     while sys.stdin.readline() == "go\n":
@@ -63,7 +63,7 @@ def digest(path: Path) -> str:
 
 def build(path: Path, rows: int) -> tuple[bytes, bytes]:
     """The finished file and its torn version (half of one more line appended)."""
-    from nft_trl.evaluation.runner import SampleStore
+    from nft_trl.evaluation.store import SampleStore
 
     store = SampleStore(path, SETTINGS)
     for start in range(0, rows, BATCH):
@@ -127,7 +127,7 @@ def main() -> int:
         zygote(Path(args.zygote))
         return 0
 
-    from nft_trl.evaluation.runner import SampleStore
+    from nft_trl.evaluation.store import SampleStore
 
     logging.getLogger("nft_trl").setLevel(logging.ERROR)  # each reopening's repair warning: the trial line says it
     work = Path(args.dir or tempfile.mkdtemp(prefix="kill-sample-repair-"))
