@@ -5,6 +5,7 @@ trainer's on every parameter."""
 import json
 
 import pytest
+import torch
 from conftest import cpu_training_args
 from datasets import Dataset
 from torch.testing import assert_close
@@ -184,18 +185,155 @@ def max_abs_diff(a, b):
     return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
-@pytest.mark.parametrize("stored_logps", [False, True], ids=["pi-old-computed", "pi-old-stored"])
-def test_offline_first_step_equals_the_online_one(tmp_path, tiny_tokenizer, scripted_generation, stored_logps):
-    online, rows, output = record_online_batch(tmp_path, tiny_tokenizer)
+# Every NFT option keeps its meaning offline: the same first step as online for each (on-policy, eps <= 1 or not).
+OPTIONS = {
+    "default": {},
+    "rft": dict(negative_weight=0.0, prompt_weighting="none"),
+    "sqrt-odds-eps0.5": dict(prompt_weighting="sqrt_incorrect_odds", negative_clip=0.5),
+    "token-sum-eps2": dict(loss_type="token_sum", negative_clip=2.0),
+    "dapo-sequence": dict(loss_type="dapo", importance_sampling_level="sequence"),
+}
+
+
+@pytest.mark.parametrize(
+    "stored_logps, option",
+    [(False, "default"), (True, "default"), *((False, name) for name in OPTIONS if name != "default")],
+    ids=lambda v: {False: "pi-old-computed", True: "pi-old-stored"}.get(v, v) if isinstance(v, bool) else v,
+)
+def test_offline_first_step_equals_the_online_one(tmp_path, tiny_tokenizer, scripted_generation, stored_logps, option):
+    settings = OPTIONS[option]
+    online, rows, output = record_online_batch(tmp_path, tiny_tokenizer, **settings)
     assert 0 < sum(r["correct"] for r in rows) < len(rows)  # mixed groups: a real gradient
     if stored_logps:  # pi_old as the generator would store it: the starting model's log-probabilities
         probe = offline_trainer(tmp_path / "probe", tiny_tokenizer, rows)
         probe._offline.fill_cache()
         for row, i in zip(rows, range(len(rows)), strict=True):
             row["completion_logps"] = probe._offline.cache[i].tolist()
-    offline, trainer = offline_step(tmp_path, tiny_tokenizer, rows)
+    offline, trainer = offline_step(tmp_path, tiny_tokenizer, rows, **settings)
     assert online.keys() == offline.keys()
     assert max(d.abs().max().item() for d in online.values()) > 1e-3  # the step moved the parameters
     print(f"max |online - offline| parameter change: {max_abs_diff(online, offline):.3g}")
     assert_close(offline, online, rtol=1e-5, atol=1e-6)
     assert trainer._offline.cache is not None
+
+
+def judged_rows(tokenizer, n=8):
+    """Scripted answers as judged rows: two questions, four answers each, mixed verdicts."""
+    from nft_trl.embedded.scripted import scripted_completion
+
+    rows = []
+    for i in range(n):
+        ids = scripted_completion(i, MAX_COMPLETION_LENGTH, len(tokenizer), tokenizer.eos_token_id)
+        ids = ids[: ids.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in ids else ids
+        text = tokenizer.decode(ids, skip_special_tokens=True) or "x"
+        rows.append({"prompt": f"question {i // 4}", "completion": text, "completion_ids": ids, "correct": i % 3 == 0})
+    return rows
+
+
+class LoggingNFTTrainer(NFTTrainer):
+    """Keeps every micro-batch's pi_old, keyed by the completion ids."""
+
+    def _compute_loss(self, model, inputs):
+        seen = getattr(self, "seen", [])
+        for ids, mask, old in zip(
+            inputs["completion_ids"], inputs["completion_mask"], inputs["old_per_token_logps"], strict=True
+        ):
+            length = int(mask.sum())
+            seen.append((tuple(ids[:length].tolist()), old[:length].clone()))
+        self.seen = seen
+        return super()._compute_loss(model, inputs)
+
+
+def test_later_epochs_keep_the_generating_policy_and_groups_span_batches(tmp_path, tiny_tokenizer):
+    rows = judged_rows(tiny_tokenizer)
+    config = NFTConfig(
+        **sgd_args(
+            tmp_path,
+            "epochs",
+            offline=True,
+            max_steps=-1,
+            num_train_epochs=3,
+            per_device_train_batch_size=2,
+            num_generations=2,
+        )
+    )
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    trainer = LoggingNFTTrainer(
+        model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    assert trainer.state.global_step == 12  # 8 answers / 2 per step x 3 epochs: each answer once per epoch
+    first = {}
+    for ids, old in trainer.seen:
+        assert_close(old, first.setdefault(ids, old), rtol=0, atol=0)  # the same pi_old in every epoch
+    assert len(first) == len(rows) and len(trainer.seen) == 3 * len(rows)
+    ratios = [entry["nft/ratio_mean"] for entry in trainer.state.log_history if "nft/ratio_mean" in entry]
+    assert abs(ratios[0] - 1) < 1e-5 and abs(ratios[-1] - 1) > 1e-3  # off-policy once the model has moved
+
+
+def test_text_completions_tokenise_with_eos_unless_truncated(tmp_path, tiny_tokenizer):
+    rows = [
+        {"prompt": "q", "completion": "12", "correct": True},
+        {"prompt": "q", "completion": [{"role": "assistant", "content": "34"}], "correct": False, "truncated": True},
+    ]
+    rows = [{"truncated": False, **row} for row in rows]
+    rows[0]["completion"] = [{"role": "assistant", "content": "12"}]
+    trainer = offline_trainer(tmp_path, tiny_tokenizer, rows * 4)
+    _, completions = trainer._offline.tokens(trainer.train_dataset.select([0, 1]))
+    plain = tiny_tokenizer("12", add_special_tokens=False)["input_ids"]
+    assert completions[0] == [*plain, trainer.eos_token_ids[0]]
+    assert completions[1] == tiny_tokenizer("34", add_special_tokens=False)["input_ids"]
+
+
+def test_stored_logps_of_the_wrong_length_fail_naming_the_row(tmp_path, tiny_tokenizer):
+    rows = [{**row, "completion_logps": [-1.0] * len(row["completion_ids"])} for row in judged_rows(tiny_tokenizer)]
+    rows[5]["completion_ids"] = [*rows[5]["completion_ids"], 9]
+    with pytest.raises(ValueError, match="row 5: 'completion_logps' has"):
+        offline_trainer(tmp_path, tiny_tokenizer, rows)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(reward_funcs=[first_token_mod3]), "calls no reward function"),
+        (dict(eval_dataset=prompts()), "has no eval_dataset"),
+    ],
+)
+def test_offline_refuses_what_it_would_ignore(tmp_path, tiny_tokenizer, kwargs, message):
+    config = NFTConfig(**sgd_args(tmp_path, "refuse", offline=True))
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    rows = Dataset.from_list(judged_rows(tiny_tokenizer))
+    with pytest.raises(ValueError, match=message):
+        NFTTrainer(model, args=config, train_dataset=rows, processing_class=tiny_tokenizer, **kwargs)
+
+
+def test_offline_config_rejects_generation_options(tmp_path):
+    with pytest.raises(ValueError, match="nothing to refill"):
+        NFTConfig(**sgd_args(tmp_path, "ds", offline=True, dynamic_sampling=True))
+
+
+def test_resume_keeps_the_cached_generating_policy(tmp_path, tiny_tokenizer):
+    rows = judged_rows(tiny_tokenizer)
+    settings = dict(offline=True, max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+    config = NFTConfig(**sgd_args(tmp_path, "resume", **settings))
+    trainer = NFTTrainer(
+        build_tiny_model(tiny_tokenizer, seed=0),
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    cache = trainer._offline.cache
+    saved = torch.load(tmp_path / "resume" / "checkpoint-2" / "offline_old_logps.pt")
+    assert saved.keys() == cache.keys() and all(torch.equal(saved[k], cache[k]) for k in cache)
+    del trainer
+    config = NFTConfig(**sgd_args(tmp_path, "resume", **{**settings, "max_steps": 6}))
+    resumed = NFTTrainer(
+        build_tiny_model(tiny_tokenizer, seed=1),
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_tokenizer,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resume" / "checkpoint-4"))
+    assert resumed.state.global_step == 6
+    assert all(torch.equal(resumed._offline.cache[k], cache[k]) for k in cache)
