@@ -337,3 +337,64 @@ def test_resume_keeps_the_cached_generating_policy(tmp_path, tiny_tokenizer):
     resumed.train(resume_from_checkpoint=str(tmp_path / "resume" / "checkpoint-4"))
     assert resumed.state.global_step == 6
     assert all(torch.equal(resumed._offline.cache[k], cache[k]) for k in cache)
+
+
+# ------------------------------------------------------------------------------------------------------ generate
+def questions(n):
+    return Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": f"{i} + {i}?"}] for i in range(n)],
+            "solution": [str(2 * i) for i in range(n)],
+        }
+    )
+
+
+def test_generate_writes_judged_answers_whose_logps_are_the_trainers_pi_old(tmp_path, tiny_tokenizer):
+    from nft_trl.offline.generate import generate_judged
+
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    calls = []
+
+    def first_token_even(completions, solution, **kwargs):
+        calls.append(len(completions))
+        return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+    out = tmp_path / "answers.jsonl"
+    settings = dict(num_answers=4, max_new_tokens=5, batch_size=2, reward=first_token_even)
+    generate_judged(model, tiny_tokenizer, questions(2), out, **settings)
+    generate_judged(model, tiny_tokenizer, questions(3), out, **settings)  # resumes: only question 2 is new
+    assert calls == [4, 4, 4]
+    data = load_judged(out)
+    assert len(data) == 12 and sorted(set(data["group"])) == ["0", "1", "2"]
+    assert all(len(i) == len(lp) for i, lp in zip(data["completion_ids"], data["completion_logps"], strict=True))
+    # The stored log-probabilities are what the offline trainer would compute as pi_old from the same model.
+    rows = [{k: v for k, v in row.items() if not k.startswith("nft_")} for row in data]
+    trainer = offline_trainer(tmp_path, tiny_tokenizer, [{**r, "completion_logps": None} for r in rows])
+    trainer._offline.fill_cache()
+    for i, row in enumerate(rows):
+        assert_close(trainer._offline.cache[i], torch.tensor(row["completion_logps"]), rtol=1e-4, atol=1e-4)
+
+
+def test_generate_drops_a_group_an_interruption_left_incomplete(tmp_path):
+    from nft_trl.offline.generate import read_done
+
+    out = tmp_path / "answers.jsonl"
+    rows = [{"group": "0"}, {"group": "0"}, {"group": "1"}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"group": "1", "pro')
+    assert read_done(out, num_answers=2) == {"0"}
+    assert [json.loads(line)["group"] for line in out.read_text().splitlines()] == ["0", "0"]
+
+
+def test_generate_command(tmp_path, tiny_model_path, capsys):
+    from nft_trl.cli.main import main
+
+    source = tmp_path / "questions.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"{i} + {i}?", "solution": str(2 * i)}) + "\n" for i in range(3)))
+    out = tmp_path / "answers.jsonl"
+    argv = ["generate", "--model", tiny_model_path, "--dataset", str(source), "--output", str(out)]
+    argv += ["--num_answers", "2", "--max_new_tokens", "4", "--device", "cpu", "--dtype", "float32"]
+    assert main(argv) == 0
+    data = load_judged(out)
+    assert len(data) == 6 and set(data["reward"]) <= {0.0, 1.0, None}
+    assert main(["generate", "--model", str(tmp_path / "nowhere"), "--dataset", str(source), "--output", "x"]) == 1
+    assert "--model" in capsys.readouterr().err
