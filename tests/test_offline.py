@@ -398,3 +398,71 @@ def test_generate_command(tmp_path, tiny_model_path, capsys):
     assert len(data) == 6 and set(data["reward"]) <= {0.0, 1.0, None}
     assert main(["generate", "--model", str(tmp_path / "nowhere"), "--dataset", str(source), "--output", "x"]) == 1
     assert "--model" in capsys.readouterr().err
+
+
+def test_offline_config_says_num_generations_is_unused(tmp_path):
+    with pytest.raises(ValueError, match="With offline=True num_generations is not used"):
+        NFTConfig(**sgd_args(tmp_path, "k", offline=True, per_device_train_batch_size=2))
+
+
+CHILD = """
+import sys, time
+from datasets import Dataset
+from nft_trl.embedded.model import build_tiny_model
+from nft_trl.embedded.tokenizer import build_tiny_tokenizer
+from nft_trl.offline.generate import generate_judged
+
+def slow_verdict(completions, solution, **kwargs):
+    time.sleep(0.3)
+    return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+tokenizer = build_tiny_tokenizer()
+questions = Dataset.from_dict(
+    {"prompt": [[{"role": "user", "content": f"{i} + {i}?"}] for i in range(30)], "solution": ["0"] * 30}
+)
+generate_judged(build_tiny_model(tokenizer, seed=0), tokenizer, questions, sys.argv[1], num_answers=3,
+                max_new_tokens=4, batch_size=1, reward=slow_verdict)
+"""
+
+
+def test_generate_resumes_after_a_kill(tmp_path, tiny_tokenizer):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from nft_trl.offline.generate import generate_judged
+
+    out = tmp_path / "answers.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(out)], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 6):
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    assert child.returncode != 0  # killed, not finished
+    written = len(out.read_text().splitlines())
+    assert 6 <= written < 90
+
+    def verdict(completions, solution, **kwargs):
+        return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+    questions = Dataset.from_dict(
+        {"prompt": [[{"role": "user", "content": f"{i} + {i}?"}] for i in range(30)], "solution": ["0"] * 30}
+    )
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    generate_judged(
+        model, tiny_tokenizer, questions, out, num_answers=3, max_new_tokens=4, batch_size=4, reward=verdict
+    )
+    data = load_judged(out)
+    groups = data["group"]
+    assert sorted(set(groups), key=int) == [str(i) for i in range(30)]
+    assert all(groups.count(g) == 3 for g in set(groups))
+
+
+def test_an_empty_text_is_an_answer_when_its_tokens_are_stored():
+    data = prepare_judged(
+        answers(completion=["x", "", "z", "u", "v", "w"], completion_ids=[[5], [2], [6], [7], [8], [9]])
+    )
+    assert len(data) == 6

@@ -224,7 +224,15 @@ class NFTConfig(GRPOConfig):
                 "No bf16-capable accelerator found: training in fp32 (set bf16=True with use_cpu=True to force)."
             )
             self.bf16 = False
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as err:
+            if self.offline and "num_generations" in str(err):
+                raise ValueError(
+                    f"{err} With offline=True num_generations is not used (groups come from the judged answers), but "
+                    "GRPOConfig still checks it: set num_generations=2, or another divisor of the generation batch."
+                ) from err
+            raise
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"NFTConfig does not support loss_type={self.loss_type!r}. Supported values are "

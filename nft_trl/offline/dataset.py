@@ -3,7 +3,8 @@
 One row per answer. Columns (anything else is kept and ignored):
 
 - `prompt` (required): a string, or a conversational list of messages (TRL's formats);
-- `completion` (required, non-empty): the answer, a string or a list of assistant messages;
+- `completion` (required, non-empty unless `completion_ids` holds its tokens, e.g. a lone EOS): the answer, a
+  string or a list of assistant messages;
 - the verdict, one of:
   - `correct`: bool (or 0 / 1); every row needs one;
   - `reward`: float, thresholded as online NFT thresholds its verdict reward (`correct = reward >= threshold`,
@@ -105,6 +106,8 @@ def _check_row(row: dict[str, Any], index: int) -> None:
     if problem:
         raise ValueError(f"Judged answers, row {index}, column 'prompt': {problem}.")
     problem = _completion_problem(row.get("completion"))
+    if problem and problem.endswith("is empty") and row.get("completion_ids"):
+        problem = None  # a generated answer that is only an end-of-sequence token: its tokens are the answer
     if problem:
         raise ValueError(
             f"Judged answers, row {index}, column 'completion': {problem}. Every row is one answer; drop the rows "
