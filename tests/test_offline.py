@@ -212,7 +212,10 @@ def test_offline_first_step_equals_the_online_one(tmp_path, tiny_tokenizer, scri
     offline, trainer = offline_step(tmp_path, tiny_tokenizer, rows, **settings)
     assert online.keys() == offline.keys()
     assert max(d.abs().max().item() for d in online.values()) > 1e-3  # the step moved the parameters
-    print(f"max |online - offline| parameter change: {max_abs_diff(online, offline):.3g}")
+    largest = max(d.abs().max().item() for d in online.values())
+    print(
+        f"[{option}] max |online - offline| parameter change: {max_abs_diff(online, offline):.3g} (step {largest:.3g})"
+    )
     assert_close(offline, online, rtol=1e-5, atol=1e-6)
     assert trainer._offline.cache is not None
 
@@ -235,11 +238,15 @@ class LoggingNFTTrainer(NFTTrainer):
 
     def _compute_loss(self, model, inputs):
         seen = getattr(self, "seen", [])
-        for ids, mask, old in zip(
-            inputs["completion_ids"], inputs["completion_mask"], inputs["old_per_token_logps"], strict=True
+        for ids, mask, old, rate in zip(
+            inputs["completion_ids"],
+            inputs["completion_mask"],
+            inputs["old_per_token_logps"],
+            inputs["nft_correct_rate"],
+            strict=True,
         ):
             length = int(mask.sum())
-            seen.append((tuple(ids[:length].tolist()), old[:length].clone()))
+            seen.append((tuple(ids[:length].tolist()), old[:length].clone(), float(rate)))
         self.seen = seen
         return super()._compute_loss(model, inputs)
 
@@ -264,8 +271,10 @@ def test_later_epochs_keep_the_generating_policy_and_groups_span_batches(tmp_pat
     trainer.train()
     assert trainer.state.global_step == 12  # 8 answers / 2 per step x 3 epochs: each answer once per epoch
     first = {}
-    for ids, old in trainer.seen:
+    rate_of = {tuple(r["completion_ids"]): (0.5 if r["prompt"] == "question 0" else 0.25) for r in rows}
+    for ids, old, rate in trainer.seen:
         assert_close(old, first.setdefault(ids, old), rtol=0, atol=0)  # the same pi_old in every epoch
+        assert rate == pytest.approx(rate_of[ids])  # r_hat of the whole group, though a batch holds 2 of its 4
     assert len(first) == len(rows) and len(trainer.seen) == 3 * len(rows)
     ratios = [entry["nft/ratio_mean"] for entry in trainer.state.log_history if "nft/ratio_mean" in entry]
     assert abs(ratios[0] - 1) < 1e-5 and abs(ratios[-1] - 1) > 1e-3  # off-policy once the model has moved
@@ -371,6 +380,10 @@ def test_generate_writes_judged_answers_whose_logps_are_the_trainers_pi_old(tmp_
     rows = [{k: v for k, v in row.items() if not k.startswith("nft_")} for row in data]
     trainer = offline_trainer(tmp_path, tiny_tokenizer, [{**r, "completion_logps": None} for r in rows])
     trainer._offline.fill_cache()
+    diff = max(
+        (trainer._offline.cache[i] - torch.tensor(r["completion_logps"])).abs().max() for i, r in enumerate(rows)
+    )
+    print(f"max |generated - trainer| log-prob: {diff:.3g}")
     for i, row in enumerate(rows):
         assert_close(trainer._offline.cache[i], torch.tensor(row["completion_logps"]), rtol=1e-4, atol=1e-4)
 

@@ -120,7 +120,7 @@ class OfflineBatches:
         logger.info("Offline NFT: computing the starting model's log-probabilities of %d stored answers.", len(todo))
         step = trainer.args.per_device_train_batch_size
         for start in range(0, len(todo), step):
-            rows = [dataset[i] for i in todo[start : start + step]]
+            rows = list(dataset.select(todo[start : start + step]))
             prompt_ids, completion_ids = self.tokens(rows)
             logps = self._logps(trainer.model, prompt_ids, completion_ids).float().cpu()
             for row, ids, values in zip(rows, completion_ids, logps, strict=True):
