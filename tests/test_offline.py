@@ -143,14 +143,14 @@ class RecordingNFTTrainer(NFTTrainer):
         return output
 
 
-def record_online_batch(tmp_path, tokenizer, **settings):
+def record_online_batch(tmp_path, tokenizer, model=None, **settings):
     """One online NFT step on scripted answers; its parameter change and its first batch as judged-answer rows."""
-    model = build_tiny_model(tokenizer, seed=0)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model = model or build_tiny_model(tokenizer, seed=0)
     config = NFTConfig(**sgd_args(tmp_path, "online", **settings))
     trainer = RecordingNFTTrainer(
         model, reward_funcs=[first_token_mod3], args=config, train_dataset=prompts(), processing_class=tokenizer
     )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     delta = {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
     batch_prompts, output = trainer.recorded
@@ -168,9 +168,9 @@ def record_online_batch(tmp_path, tokenizer, **settings):
     return delta, rows, output
 
 
-def offline_trainer(tmp_path, tokenizer, rows, **settings):
+def offline_trainer(tmp_path, tokenizer, rows, model=None, **settings):
     config = NFTConfig(**sgd_args(tmp_path, "offline", offline=True, **settings))
-    model = build_tiny_model(tokenizer, seed=0)
+    model = model or build_tiny_model(tokenizer, seed=0)
     return NFTTrainer(model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
 
 
@@ -218,6 +218,16 @@ def test_offline_first_step_equals_the_online_one(tmp_path, tiny_tokenizer, scri
     )
     assert_close(offline, online, rtol=1e-5, atol=1e-6)
     assert trainer._offline.cache is not None
+
+
+def test_offline_kl_term_equals_the_online_one(tmp_path, tiny_tokenizer, tiny_model_path, scripted_generation):
+    """beta > 0 runs offline with the reference model's log-probabilities in the batch. (On a first step the reference
+    is the model itself, so the KL gradient is zero: this checks the plumbing, not the KL's value.)"""
+    online, rows, _ = record_online_batch(tmp_path, tiny_tokenizer, model=tiny_model_path, beta=0.1)
+    offline, trainer = offline_step(tmp_path, tiny_tokenizer, rows, model=tiny_model_path, beta=0.1)
+    assert trainer.ref_model is not None
+    print(f"[beta=0.1] max |online - offline| parameter change: {max_abs_diff(online, offline):.3g}")
+    assert_close(offline, online, rtol=1e-5, atol=1e-6)
 
 
 def judged_rows(tokenizer, n=8):
@@ -479,3 +489,17 @@ def test_an_empty_text_is_an_answer_when_its_tokens_are_stored():
         answers(completion=["x", "", "z", "u", "v", "w"], completion_ids=[[5], [2], [6], [7], [8], [9]])
     )
     assert len(data) == 6
+
+
+def test_online_training_on_judged_answers_warns_that_it_ignores_them(tmp_path, tiny_tokenizer, caplog):
+    rows = Dataset.from_list(judged_rows(tiny_tokenizer))
+    config = NFTConfig(**sgd_args(tmp_path, "online-judged"))
+    with caplog.at_level("WARNING", logger="nft_trl.algorithm.trainer"):
+        NFTTrainer(
+            build_tiny_model(tiny_tokenizer, seed=0),
+            reward_funcs=[first_token_mod3],
+            args=config,
+            train_dataset=rows,
+            processing_class=tiny_tokenizer,
+        )
+    assert "Set offline=True" in caplog.text

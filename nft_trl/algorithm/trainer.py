@@ -12,7 +12,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from ..offline.batch import OfflineBatches
-from ..offline.dataset import PREPARED_COLUMNS, prepare_judged, stored_verdict
+from ..offline.dataset import PREPARED_COLUMNS, is_judged, prepare_judged, stored_verdict
 from ..rewards.checked import checked_rewards
 from ..runtime.inputs import check_before_model, check_prompt_lengths
 from ..runtime.resilient import ResilientTrainerMixin
@@ -111,6 +111,12 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
             )
         if args.offline:
             train_dataset, reward_funcs = _offline_inputs(args, reward_funcs, train_dataset, eval_dataset)
+        elif is_judged(train_dataset):
+            logger.warning(
+                "The train dataset holds judged answers (a 'completion' and a verdict column), but offline=False: "
+                "NFT generates new answers from its prompts and ignores the stored ones. Set offline=True to train on "
+                "them."
+            )
         if reward_funcs is None:
             raise ValueError(
                 "NFTTrainer needs a binary verifier as a reward function, e.g. reward_funcs=[nft_trl.math_verifier]: "
