@@ -503,3 +503,18 @@ def test_online_training_on_judged_answers_warns_that_it_ignores_them(tmp_path, 
             processing_class=tiny_tokenizer,
         )
     assert "Set offline=True" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_take_the_same_step_as_one(tmp_path):
+    from test_distributed import run_torchrun
+
+    (one,) = run_torchrun("train_offline.py", 1, tmp_path / "one")
+    two = run_torchrun("train_offline.py", 2, tmp_path / "two")
+    assert [r["world_size"] for r in two] == [2, 2]
+    assert sorted(two[0]["rows"] + two[1]["rows"]) == sorted(one["rows"])  # the same 8 answers, split in two
+    assert not set(two[0]["rows"]) & set(two[1]["rows"])
+    delta_one, delta_two = torch.load(tmp_path / "one" / "delta.pt"), torch.load(tmp_path / "two" / "delta.pt")
+    print(f"[2 processes] max |1 process - 2 processes| parameter change: {max_abs_diff(delta_one, delta_two):.3g}")
+    assert_close(delta_two, delta_one, rtol=1e-5, atol=1e-6)
