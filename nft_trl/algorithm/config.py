@@ -95,6 +95,12 @@ class NFTConfig(GRPOConfig):
             answer: NFT's gradient is then zero. The warning gives the correct rate, the share of truncated answers
             and the likely fixes, and tells a verdict reward that judged no answer (returned `None`: a gold-answer or
             verdict problem) from answers all wrong or all right. `0` disables it.
+        offline (`bool`, *optional*, defaults to `False`):
+            Train on judged answers instead of generating: the train dataset holds one row per answer (`prompt`,
+            `completion`, a verdict `correct` or `reward`; format in `nft_trl.offline.dataset`). `r_hat` is each
+            group's correct rate over the whole dataset; `pi_old` is the stored `completion_logps`, or the starting
+            model's log-probabilities computed once before the first step (which assumes the starting model generated
+            the answers). `num_generations` is unused (groups come from the data).
     """
 
     negative_weight: float = field(
@@ -192,6 +198,15 @@ class NFTConfig(GRPOConfig):
         metadata={"help": "The constant of loss_type='token_sum' (the authors' verl code: 1000)."},
     )
 
+    offline: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on answers already generated and judged (the train dataset holds one row per answer: "
+            "prompt, completion, a verdict 'correct' or 'reward'; see docs/offline.md) instead of generating. r_hat "
+            "is each group's correct rate over the whole dataset; pi_old is the stored 'completion_logps', or the "
+            "starting model's log-probabilities computed once before the first step."
+        },
+    )
     warn_no_signal_steps: int = field(
         default=5,
         metadata={
@@ -209,7 +224,15 @@ class NFTConfig(GRPOConfig):
                 "No bf16-capable accelerator found: training in fp32 (set bf16=True with use_cpu=True to force)."
             )
             self.bf16 = False
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as err:
+            if self.offline and "num_generations" in str(err):
+                raise ValueError(
+                    f"{err} With offline=True num_generations is not used (groups come from the judged answers), but "
+                    "GRPOConfig still checks it: set num_generations=2, or another divisor of the generation batch."
+                ) from err
+            raise
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"NFTConfig does not support loss_type={self.loss_type!r}. Supported values are "
@@ -271,6 +294,13 @@ class NFTConfig(GRPOConfig):
                 "deprecates it). Set use_liger_kernel=False; for fused kernels, load the model with the Hub kernels: "
                 'model_init_kwargs={"use_kernels": True}.'
             )
+        if self.offline and self.dynamic_sampling:
+            raise ValueError(
+                "offline=True trains on stored answers, so there is nothing to refill: set dynamic_sampling=False "
+                "(filter the judged answers to mixed groups beforehand instead)."
+            )
+        if self.offline and self.use_vllm:
+            raise ValueError("offline=True generates nothing: set use_vllm=False.")
         if self.beta < 0:
             raise ValueError(f"beta (KL coefficient) must be >= 0, got {self.beta}. NFT's recipe uses 0.")
         # GRPO options whose meaning does not carry over to NFT: reject rather than silently ignore.

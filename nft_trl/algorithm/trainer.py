@@ -11,6 +11,8 @@ import trl
 from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..offline.batch import OfflineBatches
+from ..offline.dataset import PREPARED_COLUMNS, is_judged, prepare_judged, stored_verdict
 from ..rewards.checked import checked_rewards
 from ..runtime.inputs import check_before_model, check_prompt_lengths
 from ..runtime.resilient import ResilientTrainerMixin
@@ -107,6 +109,14 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
                 f"NFTTrainer needs an NFTConfig, got {type(args).__name__}. Build it with NFTConfig(**your_args) "
                 "(it accepts every GRPOConfig field)."
             )
+        if args.offline:
+            train_dataset, reward_funcs = _offline_inputs(args, reward_funcs, train_dataset, eval_dataset)
+        elif is_judged(train_dataset):
+            logger.warning(
+                "The train dataset holds judged answers (a 'completion' and a verdict column), but offline=False: "
+                "NFT generates new answers from its prompts and ignores the stored ones. Set offline=True to train on "
+                "them."
+            )
         if reward_funcs is None:
             raise ValueError(
                 "NFTTrainer needs a binary verifier as a reward function, e.g. reward_funcs=[nft_trl.math_verifier]: "
@@ -125,6 +135,7 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
         self._gathered_rewards: torch.Tensor | None = None
         self._warned_non_binary = False
         self._sampler = DynamicSampler(self) if args.dynamic_sampling else None
+        self._offline = OfflineBatches(self) if args.offline else None
         self._no_signal = NoSignalMonitor(args.warn_no_signal_steps, self.reward_func_names[self._verdict_index])
         self._nft_losses = 0  # losses made by NFT's _compute_loss; see _check_loss_is_nft
 
@@ -133,7 +144,14 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
         self._gathered_rewards = rewards  # (global batch, num reward funcs), NaN where a function returned None
         return rewards
 
+    def _get_train_sampler(self, dataset=None):
+        if self._offline is None:
+            return super()._get_train_sampler(dataset)
+        return self._offline.sampler(self.train_dataset if dataset is None else dataset)
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if self._offline is not None:
+            return self._offline.build(inputs)  # stored answers: the same batch, without generating or judging
         output, verdicts = self._generate_and_judge(inputs)
         if not self.model.training:
             return output
@@ -189,11 +207,15 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
     def _save_run_state(self, checkpoint_dir):
         if self._sampler is not None:
             self._sampler.save(checkpoint_dir)
+        if self._offline is not None:
+            self._offline.save(checkpoint_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if self._sampler is not None and checkpoint is not None:
             self._sampler.load(checkpoint)
+        if self._offline is not None and checkpoint is not None:
+            self._offline.load(checkpoint)
 
     # ------------------------------------------------------------------------------------------------------ the loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -304,3 +326,22 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
         sums = self.accelerator.reduce(loss_metric_sums(stats, policy_loss, entropies, mask, per_token_kl), "sum")
         for name, value in loss_metrics(sums).items():
             self._metrics[mode][name].append(value)
+
+
+def _offline_inputs(args: NFTConfig, reward_funcs, train_dataset, eval_dataset):
+    """With `offline=True`: the prepared judged answers and the reward that reads their stored verdict."""
+    if reward_funcs is not None:
+        raise ValueError(
+            "offline=True trains on stored verdicts ('correct' or 'reward' columns of the judged answers) and calls no "
+            "reward function: leave reward_funcs out, and judge the answers when building the dataset."
+        )
+    if eval_dataset is not None:
+        raise ValueError(
+            "offline=True has no eval_dataset (it would be generated from); evaluate with nft-trl eval or "
+            "nft_trl.evaluation.BenchmarkEvalCallback."
+        )
+    if train_dataset is None or not hasattr(train_dataset, "column_names") or not hasattr(train_dataset, "select"):
+        raise ValueError("offline=True needs a datasets.Dataset of judged answers (see nft_trl.offline.load_judged).")
+    if not set(PREPARED_COLUMNS) <= set(train_dataset.column_names):
+        train_dataset = prepare_judged(train_dataset, args.correctness_threshold)
+    return train_dataset, [stored_verdict]

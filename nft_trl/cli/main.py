@@ -1,11 +1,12 @@
-"""The `nft-trl` command: one dispatcher (`main`) for its four sub-commands.
+"""The `nft-trl` command: one dispatcher (`main`) for its five sub-commands.
 
     nft-trl train --config Qwen2.5-Math-7B/nft/config_paper [--any_field value ...] [--any accelerate flag ...]
     nft-trl check --config Qwen2.5-Math-7B/nft/config_paper [--num_processes N] [--gpu_memory_gb 80]
     nft-trl eval --model PATH --benchmarks aime24,aime25,amc23,math500,minerva,olympiadbench --preset paper
+    nft-trl generate --model PATH --dataset FILE --output answers.jsonl --num_answers 8
     nft-trl vllm-serve --model Qwen/Qwen2.5-Math-7B [--tensor_parallel_size 1] ...
 
-`train`, `check` and `vllm-serve` live in `nft_trl.cli.launch`; `eval` is below. `python -m nft_trl.cli ...` is the
+`train`, `check` and `vllm-serve` live in `nft_trl.cli.launch`; `eval` and `generate` are below. `python -m nft_trl.cli ...` is the
 same without the console script (pyproject: `nft-trl = "nft_trl.cli:main"`). Each command takes the arguments after
 its name and returns an exit code; bad input ends with a message that names the fix, not a traceback.
 """
@@ -111,6 +112,65 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
+def build_generate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nft-trl generate",
+        description="Sample K answers per question with transformers, judge them (math_verifier) and write judged "
+        "answers (jsonl, docs/offline.md) with the sampling log-probabilities, for offline NFT "
+        "(NFTConfig(offline=True)). Rerunning with the same --output skips the questions already answered.",
+    )
+    p.add_argument("--model", required=True, help="Local checkpoint folder or Hub id.")
+    p.add_argument("--dataset", required=True, help="Questions with a gold answer: a file, folder or Hub id.")
+    p.add_argument("--dataset_format", default="auto", help="As nft-trl train's (default: %(default)s).")
+    p.add_argument("--split", default="train", help="Dataset split (default: %(default)s).")
+    p.add_argument("--output", required=True, help="The jsonl file to write (appended to when it exists).")
+    p.add_argument("--num_answers", type=int, default=8, help="Answers per question (default: %(default)s).")
+    p.add_argument("--max_new_tokens", type=int, default=1024, help="Default: %(default)s.")
+    p.add_argument("--temperature", type=float, default=1.0, help="Default: %(default)s (> 0).")
+    p.add_argument("--top_p", type=float, default=1.0, help="Default: %(default)s.")
+    p.add_argument("--batch_size", type=int, default=8, help="Questions per generate call (default: %(default)s).")
+    p.add_argument("--limit", type=int, default=None, help="Only the first N questions.")
+    p.add_argument("--seed", type=int, default=0, help="Default: %(default)s.")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: %(default)s).")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available).")
+    return p
+
+
+def generate_main(argv: list[str]) -> int:
+    """`nft-trl generate`: judged answers for offline NFT."""
+    from .environment import missing_model_folder
+
+    try:
+        args = build_generate_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return exit_code(exit_)
+    missing = missing_model_folder(args.model)
+    if missing:
+        print(f"nft-trl generate: --model: {missing}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nft_trl.data import load_math_dataset
+    from nft_trl.offline.generate import generate_judged
+
+    try:
+        questions = load_math_dataset(args.dataset, args.dataset_format, split=args.split)
+        if args.limit is not None:
+            questions = questions.select(range(min(args.limit, len(questions))))
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).to(device)
+        options = ("num_answers", "max_new_tokens", "temperature", "top_p", "batch_size", "seed")
+        path = generate_judged(model, tokenizer, questions, args.output, **{k: getattr(args, k) for k in options})
+    except (ValueError, FileNotFoundError) as err:
+        print(f"nft-trl generate: {err}", file=sys.stderr)
+        return 1
+    print(f"Judged answers: {path}")
+    return 0
+
+
 def _train(argv: list[str]) -> int:
     from .launch import train_main
 
@@ -135,6 +195,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_train, "check a recipe for its launch, then `accelerate launch` the training script"),
     "check": (_check, "batch arithmetic, consistency and a memory estimate of a recipe, without launching"),
     "eval": (eval_main, "evaluate a checkpoint on math benchmarks (avg@k, pass@k, maj@k with 95% intervals)"),
+    "generate": (generate_main, "sample and judge K answers per question, for offline NFT (NFTConfig(offline=True))"),
     "vllm-serve": (_vllm_serve, "TRL's vLLM server, for vllm_mode: server (needs nft-trl[vllm])"),
 }
 

@@ -1,0 +1,6 @@
+"""Offline NFT: train on answers already generated and judged (see docs/offline.md)."""
+
+from .dataset import from_eval_samples, is_judged, load_judged, prepare_judged
+
+
+__all__ = ["from_eval_samples", "is_judged", "load_judged", "prepare_judged"]
