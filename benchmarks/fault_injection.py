@@ -132,8 +132,15 @@ def _wait_for(process: subprocess.Popen, condition, timeout: float = 300.0) -> b
     raise TimeoutError("the training process neither reached the fault point nor ended")
 
 
+def _as_in_a_terminal() -> None:
+    """In the training process: SIGINT as a terminal delivers it (a background job of a script inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(command: list[str], timeout: float = 600.0) -> subprocess.CompletedProcess:
-    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, env=_env(), capture_output=True, text=True, timeout=timeout, preexec_fn=_as_in_a_terminal
+    )
 
 
 def same_params(a: Path, b: Path) -> tuple[bool, float]:
@@ -159,7 +166,12 @@ def trial(fault: str, model: str, out: Path, extra: list[str], rng: random.Rando
     started = time.monotonic()
     sleep = ["--step-sleep", "0.5"] if fault in ("sigterm", "sigint", "twice") else []
     process = subprocess.Popen(
-        _command(model, out, *extra, *sleep), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _command(model, out, *extra, *sleep),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
     )
     target = rng.randint(1, STEPS - 2)
     if fault == "in-save":

@@ -198,3 +198,19 @@ def test_sigterm_under_torchrun_saves_on_every_rank_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "final_params.pt").exists()
     assert json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
+
+
+def test_preemption_handler_keeps_ignored_signals_ignored_and_restores_the_others():
+    from nft_trl.runtime.preemption import PreemptionHandler
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as nohup or a background job of a script
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        handler = PreemptionHandler()
+        assert handler.install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == handler._handle
+        handler.restore()
+        assert signal.getsignal(signal.SIGTERM) == term
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -105,6 +105,8 @@ def start_trainer(workers: int, where: str = "main", pdeathsig: bool = True) -> 
         [sys.executable, "-c", TRAINER, str(REPO_ROOT), str(workers), where, "1" if pdeathsig else "0"],
         stdout=subprocess.PIPE,
         text=True,
+        # SIGINT as a terminal delivers it: a test run as a background job of a script inherits it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     ready, _, _ = select.select([child.stdout], [], [], 180)
     line = child.stdout.readline() if ready else ""

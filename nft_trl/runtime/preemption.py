@@ -10,7 +10,8 @@ forwards it to every worker and kills them 30 s later); Ctrl-C sends SIGINT. Wit
 - a second signal exits at once (`os._exit`), for a user who does not want to wait.
 
 Handlers can only be installed from the main thread; elsewhere (a trainer run from a worker thread) nothing is
-installed and the process keeps its own handling. The previous handlers are restored when training ends.
+installed and the process keeps its own handling. A signal the process ignores (`nohup`, SIGINT in a background job
+of a non-interactive shell) stays ignored. The previous handlers are restored when training ends.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class PreemptionHandler:
         if threading.current_thread() is not threading.main_thread():
             return False
         for signum in SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # ignored on purpose (nohup, a background job of a script): keep it so
             self._previous[signum] = signal.signal(signum, self._handle)
         return True
 
