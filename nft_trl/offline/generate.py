@@ -86,7 +86,8 @@ def summarize(paths: list[Path], threshold: float = 0.5) -> dict[str, float]:
     counts: dict[str, int] = {}
     answers = 0
     for path in paths:
-        for line in path.read_text(encoding="utf-8").splitlines():
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []  # none written yet
+        for line in lines:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
