@@ -220,7 +220,7 @@ def generate_main(argv: list[str]) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nft_trl.offline.generate import generate_judged, summarize
+    from nft_trl.offline.generate import generate_judged, output_files, summarize
 
     try:
         questions = load_questions(args.dataset, args.dataset_format, args.split)
@@ -250,7 +250,7 @@ def generate_main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, ImportError, ConnectionError) as err:
         print(f"nft-trl generate: {err}", file=sys.stderr)
         return 1
-    stats = summarize([path])
+    stats = summarize(output_files(args.output) if world_size == 1 else [path])  # one process: all shards too
     who = f"process {rank} of {world_size}, " if world_size > 1 else ""
     print(
         f"Judged answers: {path} ({who}{stats['answers']} answers in {stats['groups']} groups, correct rate "
