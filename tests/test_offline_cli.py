@@ -68,6 +68,7 @@ def test_a_shard_whose_rewards_are_all_unjudged_loads_with_the_others(tmp_path):
     assert len(load_judged(str(tmp_path / "a.jsonl"))) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_generate_on_two_processes_writes_a_shard_each_and_resumes(tmp_path):
     """torchrun, 2 CPU processes: each takes every other question; a rerun on 2 processes, then on 1, adds nothing;
