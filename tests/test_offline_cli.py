@@ -218,3 +218,20 @@ def test_vllm_flags_reach_trls_client_which_transformers_generation_never_builds
     argv = ["generate", "--model", tiny_model_path, "--dataset", "embedded", "--output", str(tmp_path / "hf.jsonl")]
     assert cli.main([*argv, "--limit", "1", "--num_answers", "2", "--max_new_tokens", "2", "--device", "cpu"]) == 0
     assert seen == [] and len(fake.calls) == 1 and len(rows(tmp_path / "hf.jsonl")) == 2
+
+
+def test_check_accepts_the_shards_of_an_offline_dataset_and_names_a_missing_one(tmp_path):
+    from types import SimpleNamespace
+
+    from nft_trl.cli.environment import environment_problems
+
+    write_answers(tmp_path / "answers.rank0.jsonl", [0])
+    model = SimpleNamespace(model_name_or_path=None)
+
+    def problems(name):
+        return environment_problems(SimpleNamespace(dataset_name=name), SimpleNamespace(offline=True), model)
+
+    assert problems(str(tmp_path / "answers.jsonl")) == []
+    assert problems(str(tmp_path / "answers.rank*.jsonl")) == []
+    (missing,) = problems(str(tmp_path / "other.jsonl"))
+    assert "nft-trl generate" in missing and "other.jsonl" in missing
