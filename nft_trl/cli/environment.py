@@ -116,7 +116,20 @@ def environment_problems(script_args: Any, training_args: Any, model_args: Any) 
     model = hub_model_id(model_args.model_name_or_path)
     dataset_name = script_args.dataset_name
     dataset = hub_dataset_id(dataset_name)
-    if dataset_name and dataset_name != EMBEDDED and dataset is None and not Path(dataset_name).expanduser().exists():
+    if getattr(training_args, "offline", False) and dataset_name and dataset_name != EMBEDDED:
+        from nft_trl.offline.dataset import judged_files
+
+        try:  # a file, the output of `nft-trl generate` on several processes (its shards), a glob or a list
+            judged_files(dataset_name)
+        except FileNotFoundError as error:
+            problems.append(
+                f"dataset_name: {error} offline: true trains on judged answers: write them with `nft-trl generate "
+                f"--output {dataset_name}` first, or give an existing file."
+            )
+        dataset = None
+    elif (
+        dataset_name and dataset_name != EMBEDDED and dataset is None and not Path(dataset_name).expanduser().exists()
+    ):
         problems.append(
             f"dataset_name: {dataset_name} does not exist ({Path(dataset_name).expanduser().resolve()}). Give an "
             "existing .parquet/.jsonl/.json/.csv file or folder, a Hub id (owner/name), or 'embedded'."

@@ -17,6 +17,7 @@ import argparse
 import difflib
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from .arguments import exit_code
@@ -115,15 +116,31 @@ def eval_main(argv: list[str]) -> int:
 def build_generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nft-trl generate",
-        description="Sample K answers per question with transformers, judge them (math_verifier) and write judged "
-        "answers (jsonl, docs/offline.md) with the sampling log-probabilities, for offline NFT "
-        "(NFTConfig(offline=True)). Rerunning with the same --output skips the questions already answered.",
+        description="Sample K answers per question with transformers (or TRL's vLLM server), judge them "
+        "(math_verifier) and write judged answers (jsonl, docs/offline.md) with the sampling log-probabilities, for "
+        "offline NFT (nft-trl train --offline true --dataset_name OUTPUT). Rerunning with the same --output skips "
+        "the questions already answered. Under torchrun / accelerate launch each process takes every n-th question "
+        "and writes its own shard (answers.jsonl -> answers.rank0.jsonl, answers.rank1.jsonl, ...); nft-trl train "
+        "and load_judged read the shards from the --output name.",
     )
-    p.add_argument("--model", required=True, help="Local checkpoint folder or Hub id.")
-    p.add_argument("--dataset", required=True, help="Questions with a gold answer: a file, folder or Hub id.")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="Local checkpoint folder, Hub id, or 'embedded' (the model shipped with nft-trl).",
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="Questions with a gold answer: a file, folder or Hub id, as nft-trl train's dataset_name; 'embedded' is "
+        "the embedded addition task (the questions nft-trl train --dataset_name embedded trains on).",
+    )
     p.add_argument("--dataset_format", default="auto", help="As nft-trl train's (default: %(default)s).")
     p.add_argument("--split", default="train", help="Dataset split (default: %(default)s).")
-    p.add_argument("--output", required=True, help="The jsonl file to write (appended to when it exists).")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="The jsonl file to write (appended to when it exists); with several processes, its shards.",
+    )
     p.add_argument("--num_answers", type=int, default=8, help="Answers per question (default: %(default)s).")
     p.add_argument("--max_new_tokens", type=int, default=1024, help="Default: %(default)s.")
     p.add_argument("--temperature", type=float, default=1.0, help="Default: %(default)s (> 0).")
@@ -132,42 +149,119 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="Only the first N questions.")
     p.add_argument("--seed", type=int, default=0, help="Default: %(default)s.")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: %(default)s).")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available).")
+    p.add_argument(
+        "--device", default=None, help="cuda or cpu (default: cuda if available, cuda:LOCAL_RANK per process)."
+    )
+    p.add_argument(
+        "--vllm_server_host",
+        default=None,
+        help="Generate with TRL's vLLM server at this host (nft-trl vllm-serve --model M; the server must serve the "
+        "same model as --model, whose tokenizer is used) through TRL's VLLMClient, instead of transformers. "
+        "UNTESTED: this machine's tests have no vLLM and no GPU; only the flags are tested.",
+    )
+    p.add_argument(
+        "--vllm_server_port", type=int, default=8000, help="Port of the vLLM server (default: %(default)s)."
+    )
+    p.add_argument(
+        "--vllm_server_timeout",
+        type=float,
+        default=240.0,
+        help="Seconds to wait for the vLLM server to be up (default: %(default)s).",
+    )
     return p
 
 
+def load_questions(name: str, dataset_format: str = "auto", split: str = "train"):
+    """The questions of `nft-trl generate`: `name` as `nft-trl train`'s `dataset_name` ('embedded' included)."""
+    from .arguments import EMBEDDED
+
+    if name == EMBEDDED:
+        from nft_trl.embedded import make_dataset
+        from nft_trl.embedded.demo import DEMO_EVAL_PROMPTS, DEMO_TRAIN_PROMPTS
+
+        # nft-trl train draws the training questions with the run's seed (TrainingArguments' default 42), the
+        # held-out ones with seed 0.
+        train = split == "train"
+        return make_dataset(split, DEMO_TRAIN_PROMPTS if train else DEMO_EVAL_PROMPTS, seed=42 if train else 0)
+    from nft_trl.data import load_math_dataset
+
+    return load_math_dataset(name, dataset_format, split=split)
+
+
+def vllm_client(host: str, port: int, timeout: float):
+    """TRL's client of its vLLM server; imported only here, so that transformers generation never imports it."""
+    try:
+        from trl.generation.vllm_client import VLLMClient
+    except ImportError:  # older TRL
+        from trl.extras.vllm_client import VLLMClient
+    return VLLMClient(host=host, server_port=port, connection_timeout=timeout)
+
+
 def generate_main(argv: list[str]) -> int:
-    """`nft-trl generate`: judged answers for offline NFT."""
+    """`nft-trl generate`: judged answers for offline NFT; one shard per process under torchrun / accelerate."""
+    import os
+
+    from .arguments import resolve_embedded_model
     from .environment import missing_model_folder
 
     try:
         args = build_generate_parser().parse_args(argv)
     except SystemExit as exit_:
         return exit_code(exit_)
+    model_ref = argparse.Namespace(model_name_or_path=args.model)
+    resolve_embedded_model(model_ref)  # 'embedded' -> the shipped model's folder
+    args.model = model_ref.model_name_or_path
     missing = missing_model_folder(args.model)
     if missing:
         print(f"nft-trl generate: --model: {missing}", file=sys.stderr)
         return 1
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nft_trl.data import load_math_dataset
-    from nft_trl.offline.generate import generate_judged
+    from nft_trl.offline.generate import generate_judged, output_files, summarize
 
     try:
-        questions = load_math_dataset(args.dataset, args.dataset_format, split=args.split)
+        questions = load_questions(args.dataset, args.dataset_format, args.split)
         if args.limit is not None:
             questions = questions.select(range(min(args.limit, len(questions))))
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).to(device)
+        model, client = None, None
+        if args.vllm_server_host is not None:
+            client = vllm_client(args.vllm_server_host, args.vllm_server_port, args.vllm_server_timeout)
+        else:
+            device = args.device or (
+                f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+            )
+            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).to(device)
         options = ("num_answers", "max_new_tokens", "temperature", "top_p", "batch_size", "seed")
-        path = generate_judged(model, tokenizer, questions, args.output, **{k: getattr(args, k) for k in options})
-    except (ValueError, FileNotFoundError) as err:
+        started = time.perf_counter()
+        path = generate_judged(
+            model,
+            tokenizer,
+            questions,
+            args.output,
+            rank=rank,
+            world_size=world_size,
+            vllm_client=client,
+            **{k: getattr(args, k) for k in options},
+        )
+    except (ValueError, FileNotFoundError, ImportError, ConnectionError) as err:
         print(f"nft-trl generate: {err}", file=sys.stderr)
         return 1
-    print(f"Judged answers: {path}")
+    stats = summarize(output_files(args.output) if world_size == 1 else [path])  # one process: all shards too
+    who = f"process {rank} of {world_size}, " if world_size > 1 else ""
+    print(
+        f"Judged answers: {path} ({who}{stats['answers']} answers in {stats['groups']} groups, correct rate "
+        f"{100 * stats['correct_rate']:.1f}%, mixed groups {100 * stats['mixed_group_frac']:.1f}%; "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
+    if world_size > 1 and rank == 0:
+        print(
+            f"Each process wrote its own shard; nft-trl train --offline true --dataset_name {args.output} reads them "
+            "all (or concatenate them: cat answers.rank*.jsonl > answers.jsonl)."
+        )
     return 0
 
 

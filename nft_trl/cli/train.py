@@ -103,6 +103,40 @@ def load_datasets(script_args: NFTScriptArguments, training_args: GRPOConfig, to
     return train, eval_dataset
 
 
+def load_offline_dataset(script_args: NFTScriptArguments, training_args: Any):
+    """With `offline: true`: the judged answers named by `dataset_name` (a file, the `--output` of `nft-trl generate`
+    with its shards, a glob or a comma-separated list; `nft_trl.offline.load_judged`), checked and prepared."""
+    from nft_trl.offline import load_judged
+
+    name = script_args.dataset_name
+    if name is None or name == EMBEDDED:
+        raise ValueError(
+            f"offline: true trains on judged answers, and dataset_name is {name!r}: make them with `nft-trl generate "
+            "--model M --dataset D --output answers.jsonl`, then pass --dataset_name answers.jsonl."
+        )
+    ignored = [
+        key
+        for key in ("dataset_test_split", "max_prompt_length", "max_train_samples")
+        if getattr(script_args, key) is not None
+    ]
+    if ignored:
+        logger.warning("offline: true uses every judged answer as stored; %s ignored.", ", ".join(ignored))
+    if training_args.eval_strategy != "no":
+        raise ValueError(
+            "offline: true has no eval_dataset (the trainer would generate from it): set eval_strategy: 'no' and "
+            "evaluate with nft-trl eval."
+        )
+    return load_judged(name, training_args.correctness_threshold)
+
+
+def is_embedded_model(model: str) -> bool:
+    from pathlib import Path
+
+    from nft_trl.embedded import embedded_path
+
+    return Path(model).resolve() == Path(embedded_path()).resolve()
+
+
 def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
     from transformers import AutoTokenizer
     from trl import GRPOTrainer, get_peft_config, get_quantization_config
@@ -138,9 +172,14 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
         tokenizer = AutoTokenizer.from_pretrained(
             model, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
         )
-        train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer)
+        if getattr(training_args, "offline", False):
+            train_dataset, eval_dataset = load_offline_dataset(script_args, training_args), None
+        else:
+            train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer)
         held_out = None
-        if script_args.dataset_name == EMBEDDED:  # the embedded task has a held-out split: accuracy before and after
+        if script_args.dataset_name == EMBEDDED or (
+            getattr(training_args, "offline", False) and is_embedded_model(model)
+        ):  # the embedded task has a held-out split: accuracy before and after
             from nft_trl.embedded import make_dataset
 
             held_out = make_dataset("test", demo_module.DEMO_EVAL_PROMPTS, seed=0)
@@ -155,7 +194,10 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
     trainer_class = GRPOTrainer if script_args.method == "grpo" else NFTTrainer
     trainer = trainer_class(
         model=model,
-        reward_funcs=resolve_reward_funcs(script_args.reward_funcs),
+        # Offline, the verdicts are stored with the answers and NFTTrainer takes no reward function.
+        reward_funcs=None
+        if getattr(training_args, "offline", False)
+        else resolve_reward_funcs(script_args.reward_funcs),
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

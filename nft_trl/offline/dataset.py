@@ -32,10 +32,11 @@ Loaders: `load_judged` (jsonl, json, parquet, or a `datasets.Dataset`) and `from
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,16 +211,41 @@ def group_summary(hits: Mapping[str, int], counts: Mapping[str, int]) -> dict[st
     }
 
 
-def load_judged(source: str | Path | Dataset, correctness_threshold: float = 0.5) -> Dataset:
-    """Judged answers from a jsonl / json / parquet file or a `datasets.Dataset`, checked and prepared."""
-    if isinstance(source, Dataset):
-        return prepare_judged(source, correctness_threshold)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"No judged-answer file at {path}.")
+def judged_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The files of `source`: a file; a list of files; a glob (`answers.rank*.jsonl`); a comma-separated list; or the
+    `--output` of `nft-trl generate` on several processes (`answers.jsonl` -> that file and its shards
+    `answers.rank<r>.jsonl`)."""
+    from .generate import output_files
+
+    if isinstance(source, (str, Path)):
+        items = [s.strip() for s in str(source).split(",") if s.strip()] if isinstance(source, str) else [source]
+    else:
+        items = list(source)
+    files: list[Path] = []
+    for item in items:
+        text = str(item)
+        if glob.has_magic(text):
+            matched = sorted(Path(p) for p in glob.glob(text))
+            if not matched:
+                raise FileNotFoundError(f"No judged-answer file matches {text!r}.")
+            files += matched
+        elif Path(text).suffix in (".jsonl", ".json") and output_files(text):
+            files += output_files(text)  # the file and its shards
+        elif Path(text).is_file():
+            files.append(Path(text))
+        else:
+            raise FileNotFoundError(
+                f"No judged-answer file at {text} (nor shards {Path(text).stem}.rank<r>{Path(text).suffix})."
+            )
+    if not files:
+        raise FileNotFoundError("No judged-answer file given.")
+    return list(dict.fromkeys(files))
+
+
+def _read_file(path: Path) -> Dataset:
     if path.suffix == ".parquet":
-        dataset = Dataset.from_parquet(str(path))
-    elif path.suffix in (".jsonl", ".json"):
+        return Dataset.from_parquet(str(path))
+    if path.suffix in (".jsonl", ".json"):
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
@@ -230,9 +256,21 @@ def load_judged(source: str | Path | Dataset, correctness_threshold: float = 0.5
                 raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from None
         if not rows:
             raise ValueError(f"{path} holds no rows.")
-        dataset = Dataset.from_list(rows)
-    else:
-        raise ValueError(f"{path}: unknown judged-answer format {path.suffix!r}; use .jsonl, .json or .parquet.")
+        return Dataset.from_list(rows)
+    raise ValueError(f"{path}: unknown judged-answer format {path.suffix!r}; use .jsonl, .json or .parquet.")
+
+
+def load_judged(source: str | Path | Sequence[str | Path] | Dataset, correctness_threshold: float = 0.5) -> Dataset:
+    """Judged answers from a `datasets.Dataset` or jsonl / json / parquet files (`judged_files`: one file, a list, a
+    glob, or the output of `nft-trl generate` with its shards), checked and prepared as one dataset."""
+    if isinstance(source, Dataset):
+        return prepare_judged(source, correctness_threshold)
+    files = judged_files(source)
+    if len(files) > 1:
+        logger.info("Judged answers from %d files: %s", len(files), ", ".join(map(str, files)))
+    datasets = [_read_file(path) for path in files]
+    # Rows, not concatenate_datasets: a shard whose rewards are all None has another column type than the others.
+    dataset = datasets[0] if len(datasets) == 1 else Dataset.from_list([row for d in datasets for row in d])
     return prepare_judged(dataset, correctness_threshold)
 
 

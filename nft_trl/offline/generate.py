@@ -4,9 +4,15 @@ Each answer is one jsonl row: `prompt`, `completion`, `completion_ids` (the gene
 ended), `completion_logps` (the sampling model's log-probability of each token at `temperature`, the quantity the
 trainer's `pi_old` is; before top-p truncation, as TRL computes it), `truncated`, `reward` (the verdict reward,
 default `math_verifier`; None when it cannot judge), `solution` and `group` (the question's row index). transformers
-generation; questions are written a whole group at a time, so a rerun with the same output file skips the questions
-already there (and drops a group an interruption left incomplete). Progress is logged with answers and tokens per
-second.
+generation, or TRL's vLLM server through TRL's own client (`vllm_sample_group`); questions are written a whole group
+at a time, so a rerun with the same output file skips the questions already there (and drops a group an interruption
+left incomplete). Progress is logged with answers and tokens per second and an ETA.
+
+Several processes (`torchrun` / `accelerate launch`, which set RANK and WORLD_SIZE): process r of n takes the
+questions whose index is r modulo n and writes its own shard, `answers.rank{r}.jsonl` for `answers.jsonl`
+(`shard_path`). There is no collective: a process that dies stops no other, and each shard resumes on its own. A
+rerun with another number of processes skips the questions done in any shard. `output_files` lists the file and its
+shards; `nft_trl.offline.load_judged` reads them all from the output's name.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +28,31 @@ from typing import Any
 
 import torch
 
+from .dataset import group_summary
+
 
 logger = logging.getLogger(__name__)
 
 
-def read_done(path: Path, num_answers: int) -> set[str]:
-    """Groups complete in `path` (num_answers rows each); rewrites the file without the rest (an interrupted write)."""
+def shard_path(output: str | Path, rank: int, world_size: int) -> Path:
+    """The file process `rank` of `world_size` writes: `output` itself for one process, else `<stem>.rank<r><suffix>`."""
+    output = Path(output)
+    return output if world_size == 1 else output.with_name(f"{output.stem}.rank{rank}{output.suffix}")
+
+
+def output_files(output: str | Path) -> list[Path]:
+    """`output` (when it exists) and its shards `<stem>.rank<r><suffix>`, by rank."""
+    output = Path(output)
+    pattern = re.compile(rf"^{re.escape(output.stem)}\.rank(\d+){re.escape(output.suffix)}$")
+    shards = []
+    if output.parent.is_dir():
+        shards = [(int(m.group(1)), p) for p in output.parent.iterdir() if (m := pattern.match(p.name))]
+    return ([output] if output.is_file() else []) + [p for _, p in sorted(shards)]
+
+
+def read_done(path: Path, num_answers: int, rewrite: bool = True) -> set[str]:
+    """Groups complete in `path` (num_answers rows each). With `rewrite`, the file is atomically replaced by one
+    without the rest (an interrupted write); a process reads the files others write with `rewrite=False`."""
     if not path.exists():
         return set()
     rows, dropped = [], 0
@@ -40,15 +66,40 @@ def read_done(path: Path, num_answers: int) -> set[str]:
         counts[row["group"]] = counts.get(row["group"], 0) + 1
     done = {group for group, n in counts.items() if n == num_answers}
     kept = [row for row in rows if row["group"] in done]
-    if dropped or len(kept) < len(rows):
+    if rewrite and (dropped or len(kept) < len(rows)):
         logger.warning(
             "%s: dropped %d unreadable line(s) and %d row(s) of incomplete groups.",
             path,
             dropped,
             len(rows) - len(kept),
         )
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)  # readers in other processes see the old file or the new one, never half of it
     return done
+
+
+def summarize(paths: list[Path], threshold: float = 0.5) -> dict[str, float]:
+    """Answers, groups, correct rate and share of mixed groups (a right and a wrong scored answer) of judged-answer
+    files; answers that could not be judged (`reward` None) count neither way."""
+    hits: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    answers = 0
+    for path in paths:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []  # none written yet
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            answers += 1
+            key = f"{row['group']}"
+            hits.setdefault(key, 0)
+            counts.setdefault(key, 0)
+            if row.get("reward") is not None:
+                counts[key] += 1
+                hits[key] += int(row["reward"] >= threshold)
+    return {"answers": answers, **group_summary(hits, counts)}
 
 
 def _prompt_ids(tokenizer, prompt: Any) -> list[int]:
@@ -101,6 +152,42 @@ def sample_group(
     return groups
 
 
+def vllm_sample_group(
+    client, tokenizer, prompts: list[Any], *, num_answers: int, max_new_tokens: int, temperature: float, top_p: float
+) -> list[list[dict[str, Any]]]:
+    """As `sample_group`, from TRL's vLLM server through TRL's client (`trl.generation.vllm_client.VLLMClient`):
+    prompt token ids in, the sampled ids and the log-probability vLLM gives of each sampled token out. Not exercised
+    by the tests (no vLLM, no GPU there); the server's log-probabilities are `pi_old` only when it reports them after
+    temperature scaling (`--logprobs-mode processed_logprobs`, as TRL's documentation starts it)."""
+    eos_ids = {tokenizer.eos_token_id}
+    out = client.generate(
+        prompts=[_prompt_ids(tokenizer, p) for p in prompts],
+        n=num_answers,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        max_tokens=max_new_tokens,
+        logprobs=0,
+    )
+    groups = []
+    for q in range(len(prompts)):
+        answers = []
+        for k in range(num_answers):
+            row = q * num_answers + k  # vLLM returns a prompt's n completions together, prompt by prompt
+            seq, logps = list(out["completion_ids"][row]), [position[0] for position in out["logprobs"][row]]
+            end = next((t for t, token in enumerate(seq) if token in eos_ids), None)
+            length = len(seq) if end is None else end + 1
+            truncated = end is None and len(seq) >= max_new_tokens
+            answers.append({"ids": seq[:length], "logps": logps[:length], "truncated": truncated})
+        groups.append(answers)
+    return groups
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def generate_judged(
     model,
     tokenizer,
@@ -114,29 +201,52 @@ def generate_judged(
     batch_size: int = 8,
     seed: int = 0,
     reward: Callable[..., list[float | None]] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    vllm_client=None,
 ) -> Path:
-    """Generate, judge and append to `output` the answers of every question of `questions` (columns `prompt`,
-    `solution`) not already there. Returns the output path."""
+    """Generate, judge and append the answers of every question of `questions` (columns `prompt`, `solution`) not
+    already in `output` or its shards. Process `rank` of `world_size` takes the questions whose index is `rank`
+    modulo `world_size` and writes `shard_path(output, rank, world_size)`, which it returns. With `vllm_client` (a
+    TRL `VLLMClient`) the answers come from the vLLM server and `model` is not used."""
     if reward is None:
         from ..rewards import math_verifier as reward
     if num_answers < 1 or batch_size < 1 or max_new_tokens < 1 or temperature <= 0:
         raise ValueError("num_answers, batch_size and max_new_tokens must be >= 1 and temperature > 0.")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size}).")
     for column in ("prompt", "solution"):
         if column not in questions.column_names:
             raise ValueError(f"The questions need a {column!r} column (they have {questions.column_names}).")
-    path = Path(output)
+    path = shard_path(output, rank, world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(path, num_answers)
-    todo = [i for i in range(len(questions)) if str(i) not in done]
-    logger.info("%d of %d questions already answered in %s.", len(questions) - len(todo), len(questions), path)
+    # Files no current process writes (the other shards of an earlier run with more or fewer processes): process 0
+    # cleans them; the shards of the other current processes are only read (they hold none of this one's questions).
+    writers = {shard_path(output, r, world_size) for r in range(world_size)}
+    for other in output_files(output):
+        if other != path:
+            done |= read_done(other, num_answers, rewrite=rank == 0 and other not in writers)
+    mine = range(rank, len(questions), world_size)
+    todo = [i for i in mine if str(i) not in done]
+    logger.info(
+        "Process %d of %d: %d of its %d questions already answered; writing %s.",
+        rank,
+        world_size,
+        len(mine) - len(todo),
+        len(mine),
+        path,
+    )
     started, answers, tokens = time.perf_counter(), 0, 0
-    model.eval()
+    if vllm_client is None:
+        model.eval()
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         rows = [questions[i] for i in chunk]
         torch.manual_seed(seed * 1_000_003 + chunk[0])  # the same answers whatever was done before
-        groups = sample_group(
-            model,
+        sampler = sample_group if vllm_client is None else vllm_sample_group
+        groups = sampler(
+            model if vllm_client is None else vllm_client,
             tokenizer,
             [r["prompt"] for r in rows],
             num_answers=num_answers,
@@ -173,11 +283,15 @@ def generate_judged(
             os.fsync(f.fileno())
         answers += len(lines)
         elapsed = time.perf_counter() - started
+        finished = start + len(chunk)
         logger.info(
-            "%d/%d questions, %.1f answers/s, %.0f tokens/s.",
-            start + len(chunk),
+            "Process %d: %d/%d questions, %.2f answers/s, %.0f tokens/s, %s elapsed, ETA %s.",
+            rank,
+            finished,
             len(todo),
             answers / elapsed,
             tokens / elapsed,
+            _duration(elapsed),
+            _duration(elapsed / finished * (len(todo) - finished)),
         )
     return path
