@@ -13,6 +13,8 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from ..rewards.columns import check_reward_columns
+from ..runtime.hub import check_model_source
+from ..runtime.progress import quiet_third_party_noise, use_compact_logs
 from .config import NFTConfig
 from .dynamic_sampling import DynamicSampler
 from .loss import aggregate_loss, group_correct_rate, loss_metric_sums, loss_metrics, nft_per_token_loss
@@ -89,9 +91,12 @@ class NFTTrainer(GRPOTrainer):
     def __init__(
         self, model, reward_funcs=None, args: NFTConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs
     ):
+        quiet_third_party_noise()
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)  # a local folder given as a Path
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = NFTConfig(f"{model_name.split('/')[-1]}-NFT")
+            args = NFTConfig(f"{model_name.rstrip('/').split('/')[-1]}-NFT")
         elif not isinstance(args, NFTConfig):
             raise TypeError(
                 f"NFTTrainer needs an NFTConfig, got {type(args).__name__}. Build it with NFTConfig(**your_args) "
@@ -102,6 +107,9 @@ class NFTTrainer(GRPOTrainer):
                 "NFTTrainer needs a binary verifier as a reward function, e.g. reward_funcs=[nft_trl.math_verifier]: "
                 "NFT splits each group into correct and wrong answers."
             )
+        # A model this machine cannot load stops here, in one sentence that says what to pass instead, rather than
+        # after transformers' Hub retries.
+        check_model_source(model, args.model_init_kwargs)
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         check_reward_columns(funcs, {"train": train_dataset, "eval": eval_dataset}, args.remove_unused_columns)
         super().__init__(
@@ -112,6 +120,7 @@ class NFTTrainer(GRPOTrainer):
         self._warned_non_binary = False
         self._sampler = DynamicSampler(self) if args.dynamic_sampling else None
         self._no_signal = NoSignalMonitor(args.warn_no_signal_steps)
+        use_compact_logs(self)  # one short line per log on the console; report_to still gets every metric
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

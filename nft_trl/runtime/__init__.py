@@ -1,0 +1,1 @@
+"""What keeps a training run alive and honest: crash-consistent checkpoints, preemption, the run lock, input checks."""
