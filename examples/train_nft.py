@@ -1,9 +1,10 @@
 """Train with Negative-aware Fine-Tuning (NFT).
 
 With no arguments, the embedded offline demo: a small model (shipped with the package) learns a math task
-on CPU; prints graded answers and held-out accuracy before and after, and saves a learning curve:
+on CPU; prints held-out accuracy before and after, how many held-out questions got more and fewer right answers, and
+saves a learning curve (`accelerate launch examples/train_nft.py` runs the same, in as many processes as asked):
 
-    accelerate launch examples/train_nft.py
+    python examples/train_nft.py
 
 Any model and dataset, e.g. Qwen2.5-Math-7B on DAPO-Math-17k with vLLM generation:
 

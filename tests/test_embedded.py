@@ -262,13 +262,19 @@ def test_demo_trains_and_writes_the_learning_curve(tmp_path, monkeypatch, capsys
     from nft_trl.embedded import demo
 
     monkeypatch.setattr(demo, "DEMO_EVAL_PROMPTS", 8)
-    monkeypatch.setattr(demo, "DEMO_SAMPLES_SHOWN", 2)
     script_args, training_args, model_args = parse_args(
         ["--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "16"]
     )
     assert training_args.learning_rate == demo.DEMO_DEFAULTS["learning_rate"]  # the demo's values fill the defaults
     main(script_args, training_args, model_args)
     out = capsys.readouterr().out
-    assert "Before training" in out and "After training" in out
+    assert "Before training: held-out accuracy" in out and "(8 problems, 4 samples per problem)" in out
+    counts = re.search(r"Per held-out question \(8, 4 answers each\): (\d+) got more right answers after training, "
+                       r"(\d+) fewer, (\d+) the same\.", out)  # fmt: skip
+    assert counts and sum(int(n) for n in counts.groups()) == 8, out
+    if int(counts.group(1)) > 0:  # the example shown is a question whose count rose, and says it is one question
+        assert "The question whose right answers rose the most (one question is noise" in out
+        before, after = (int(n) for n in re.findall(r"(?:before|after ): (\d) of 4 right", out))
+        assert after > before
     assert "Held-out accuracy (8 problems, 4 samples at T=1.0):" in out and "before ->" in out
     assert (tmp_path / demo.CURVE_FILE).stat().st_size > 0 and (tmp_path / "model.safetensors").exists()

@@ -1,6 +1,9 @@
 """NFTConfig: defaults from the paper, validation messages, YAML/CLI parsing with TRL's parser."""
 
+import warnings
+
 import pytest
+import torch
 from trl import TrlParser
 
 from nft_trl import NFTConfig
@@ -92,3 +95,15 @@ def test_help_lists_nft_fields_with_their_help(capsys):
     ):
         assert name in text
     assert "0.0 is RFT" in text
+
+
+def test_config_defaults_raise_no_warning(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        args = NFTConfig(str(tmp_path))
+    # TRL's default, checkpointing on, without transformers 5's deprecation; but on a CPU it would only cost time,
+    # and pinned memory would only make torch warn.
+    accelerator = torch.cuda.is_available()
+    assert args.gradient_checkpointing is accelerator and args.dataloader_pin_memory is accelerator
+    on_cpu = NFTConfig(str(tmp_path), use_cpu=True)
+    assert on_cpu.gradient_checkpointing is False and on_cpu.dataloader_pin_memory is False

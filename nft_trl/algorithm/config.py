@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_npu_available, is_torch_xpu_available
 from trl import GRPOConfig
 
@@ -216,7 +217,27 @@ class NFTConfig(GRPOConfig):
         },
     )
 
+    # TRL's default (True) for this deprecated alias makes transformers 5 warn on every config; unset, it means
+    # TRL's default without the warning. Set explicitly, it keeps transformers' deprecation warning.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Alias of activation_checkpointing (deprecated by transformers 5). Unset: checkpointing on, as in "
+            "TRL, except without an accelerator (use_cpu, or none present), where it would only cost time."
+        },
+    )
+
     def __post_init__(self):
+        accelerator = not self.use_cpu and _accelerator_available()
+        if self.gradient_checkpointing is None:
+            # Checkpointing saves accelerator memory by recomputing activations; on a CPU it only slows training.
+            if not hasattr(self, "activation_checkpointing"):  # transformers < 5: the only name
+                self.gradient_checkpointing = accelerator
+            elif self.activation_checkpointing is None:
+                self.activation_checkpointing = accelerator
+        if not accelerator:
+            # Pinned memory only speeds up copies to an accelerator; without one, torch warns at every data loader.
+            self.dataloader_pin_memory = False
         if self.bf16 is None and not self.fp16 and not self.use_cpu and not _bf16_accelerator_available():
             # GRPOConfig turns bf16 on by default, which fails on a machine without a bf16 accelerator. Fall back to
             # fp32 there so that `NFTTrainer(model, reward_funcs=[...])` runs as written on a laptop.
@@ -322,6 +343,10 @@ class NFTConfig(GRPOConfig):
         for name, (is_set, why) in rejected.items():
             if is_set:
                 raise ValueError(f"NFTConfig does not support `{name}`: {why}.")
+
+
+def _accelerator_available() -> bool:
+    return torch.cuda.is_available() or is_torch_xpu_available() or is_torch_npu_available()
 
 
 def _bf16_accelerator_available() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import textwrap
 from typing import Any
 
@@ -14,7 +15,9 @@ from trl.trainer.utils import get_config_model_id
 from ..offline.batch import OfflineBatches
 from ..offline.dataset import PREPARED_COLUMNS, is_judged, prepare_judged, stored_verdict
 from ..rewards.checked import checked_rewards
+from ..runtime.hub import check_model_source
 from ..runtime.inputs import check_before_model, check_prompt_lengths
+from ..runtime.progress import quiet_third_party_noise, use_compact_logs
 from ..runtime.resilient import ResilientTrainerMixin
 from .config import NFTConfig
 from .dynamic_sampling import DynamicSampler
@@ -101,9 +104,12 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
     def __init__(
         self, model, reward_funcs=None, args: NFTConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs
     ):
+        quiet_third_party_noise()
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)  # a local folder given as a Path
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = NFTConfig(f"{model_name.split('/')[-1]}-NFT")
+            args = NFTConfig(f"{model_name.rstrip('/').split('/')[-1]}-NFT")
         elif not isinstance(args, NFTConfig):
             raise TypeError(
                 f"NFTTrainer needs an NFTConfig, got {type(args).__name__}. Build it with NFTConfig(**your_args) "
@@ -122,6 +128,9 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
                 "NFTTrainer needs a binary verifier as a reward function, e.g. reward_funcs=[nft_trl.math_verifier]: "
                 "NFT splits each group into correct and wrong answers."
             )
+        # A model this machine cannot load stops here, in one sentence that says what to pass instead, rather than
+        # after transformers' Hub retries.
+        check_model_source(model, args.model_init_kwargs)
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         # Datasets, reward columns, output folder: fail before the model loads; the run lock lives as long as we do.
         self._run_lock = check_before_model(args, funcs, train_dataset, eval_dataset)
@@ -138,6 +147,7 @@ class NFTTrainer(ResilientTrainerMixin, GRPOTrainer):
         self._offline = OfflineBatches(self) if args.offline else None
         self._no_signal = NoSignalMonitor(args.warn_no_signal_steps, self.reward_func_names[self._verdict_index])
         self._nft_losses = 0  # losses made by NFT's _compute_loss; see _check_loss_is_nft
+        use_compact_logs(self)  # one short line per log on the console; report_to still gets every metric
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

@@ -142,6 +142,7 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
     from trl import GRPOTrainer, get_peft_config, get_quantization_config
 
     from nft_trl.algorithm.trainer import NFTTrainer
+    from nft_trl.runtime.hub import check_model_source
 
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
@@ -156,7 +157,8 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
     else:
         if script_args.dataset_name is None:
             raise ValueError("--dataset_name is required with --model_name_or_path (a Hub id or a local file).")
-        model = model_args.model_name_or_path
+        # A Hub id this machine cannot load stops here in one sentence, before transformers' retries.
+        model = check_model_source(model_args.model_name_or_path, {"revision": model_args.model_revision})
         model_init_kwargs = dict(
             revision=model_args.model_revision,
             trust_remote_code=training_args.trust_remote_code,
@@ -206,10 +208,10 @@ def main(script_args: NFTScriptArguments, training_args: GRPOConfig, model_args:
         callbacks=[demo] if demo is not None else None,
     )
     if demo is not None and trainer.accelerator.is_main_process:
-        demo_module.print_samples("Before training, a few held-out answers:", demo.evaluate(trainer.model, 0))
+        demo_module.print_before(demo.evaluate(trainer.model, 0))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if demo is not None and trainer.accelerator.is_main_process:
-        demo_module.print_samples("After training:", demo.last)
+        demo_module.print_comparison(demo.first, demo.last)
         demo_module.report(demo, training_args.output_dir)
     trainer.save_model(training_args.output_dir)
     logger.info("Model saved to %s", training_args.output_dir)
