@@ -46,15 +46,15 @@ def convert_gguf(gguf_file: str | os.PathLike, output_dir: str | os.PathLike) ->
     The folder is written under a temporary name and renamed into place, so an interrupted conversion never leaves a
     folder that looks complete. `output_dir` must not exist.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _require_gguf()
     gguf_file, output_dir = Path(gguf_file).expanduser().resolve(), Path(output_dir).expanduser()
     if not gguf_file.is_file():
         raise FileNotFoundError(f"No GGUF file at {gguf_file}.")
     if output_dir.exists():
         raise FileExistsError(f"{output_dir} exists already: give a new folder for the converted model.")
+    _require_gguf()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder, name = gguf_file.parent, gguf_file.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)  # dequantized here
@@ -84,7 +84,7 @@ def smollm2_gguf() -> Path:
 
 
 def smollm2_model(cache_dir: str | os.PathLike | None = None) -> Path:
-    """SmolLM2-135M-Instruct as a model folder: `smollm2_gguf()` converted once (about 25 s) into
+    """SmolLM2-135M-Instruct as a model folder: `smollm2_gguf()` converted once (about 50 s on 2 CPU cores) into
     `<cache>/smollm2/<file name>`, the cache being `cache_dir`, else `$NFT_TRL_CACHE`, else `~/.cache/nft_trl`."""
     from filelock import FileLock
 

@@ -42,9 +42,8 @@ LINE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("learning_rate", "lr", "{:.1e}"),
 )
 CONSTANT_LOSS_NOTE = (
-    "On-policy run: the logged loss is 0 at every step by construction (each answer's likelihood ratio to the policy "
-    "that sampled it is 1, and NFT's loss is a function of that ratio); its gradient is not 0. Learning shows in "
-    "reward, correct and grad_norm, so the lines below leave the loss out."
+    "On-policy: NFT's loss value is 0 at every step by construction (each answer's likelihood ratio to the policy "
+    "that sampled it is 1); its gradient is not. The lines below show reward, correct and grad_norm instead."
 )
 
 
