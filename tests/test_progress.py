@@ -42,6 +42,7 @@ def test_evaluation_end_of_training_and_other_logs():
     )
     done = format_log({"train_runtime": 105.2, "train_loss": 0.0, "total_flos": 0.0, "epoch": 0.1}, 40, 40, False)
     assert done == "training done: 40 steps in 105 s (2.6 s/step)"
+    assert format_log({"train_runtime": 36.2}, 1, 1).startswith("training done: 1 step in 36 s")
     assert format_log({"benchmark/gsm8k": 0.25, "epoch": 1.0}, 3, 8) == "step 3/8  benchmark/gsm8k 0.25  epoch 1"
 
 

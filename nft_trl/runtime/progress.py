@@ -65,7 +65,8 @@ def format_log(logs: dict[str, Any], step: int, max_steps: int, show_loss: bool 
     logs = {key: value for key, value in logs.items() if key != "total_flos"}
     if "train_runtime" in logs:
         seconds = logs["train_runtime"]
-        line = f"training done: {step} steps in {seconds:.0f} s ({seconds / max(step, 1):.1f} s/step)"
+        steps = f"{step} step" if step == 1 else f"{step} steps"
+        line = f"training done: {steps} in {seconds:.0f} s ({seconds / max(step, 1):.1f} s/step)"
         return line + (f", mean loss {logs['train_loss']:.4f}" if show_loss and "train_loss" in logs else "")
     prefix, head = ("eval_", "eval at step") if any(key.startswith("eval_") for key in logs) else ("", "step")
     parts = []
