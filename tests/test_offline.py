@@ -6,40 +6,16 @@ import json
 
 import pytest
 import torch
-from conftest import cpu_training_args
 from datasets import Dataset
+
+# The online side of each equivalence test is the identity tests' plain-SGD step on the same prompts and verdict.
+from test_grpo_identity import MAX_COMPLETION_LENGTH, first_token_mod3, prompts
+from test_grpo_identity import common_args as sgd_args
 from torch.testing import assert_close
 
 from nft_trl import NFTConfig, NFTTrainer
 from nft_trl.embedded.model import build_tiny_model
 from nft_trl.offline import from_eval_samples, load_judged, prepare_judged
-
-
-NUM_GENERATIONS = 4
-MAX_COMPLETION_LENGTH = 6
-
-
-def first_token_mod3(completions, completion_ids, **kwargs):
-    """Binary verdict of a scripted completion; gives groups with r_hat 0.5 and 0.25 (see conftest's script)."""
-    return [float(ids[0] % 3 == 0) for ids in completion_ids]
-
-
-def prompts():
-    return Dataset.from_dict({"prompt": [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(8)]})
-
-
-def sgd_args(tmp_path, name, **overrides):
-    settings = dict(
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=MAX_COMPLETION_LENGTH,
-        max_steps=1,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,  # no clipping: the step is exactly -lr * gradient
-    )
-    return cpu_training_args(tmp_path / name, **{**settings, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------------ the format
