@@ -17,9 +17,12 @@ from nft_trl.runtime.hub import ModelSourceError, check_model_source
 
 @pytest.fixture
 def online(monkeypatch):
-    """Offline mode off, whatever the environment says (conftest sets HF_HUB_OFFLINE=1)."""
+    """Offline mode off, whatever the environment says (conftest sets HF_HUB_OFFLINE=1): in huggingface_hub, which
+    read it at import, and in the environment, which the probe reads too."""
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)  # the tests set huggingface_hub's endpoint
 
 
 @pytest.fixture

@@ -5,24 +5,20 @@
 fail after minutes of start-up (or after the model is loaded) on something this machine lacks: a Hub id that is
 neither cached nor reachable (offline, `HF_HUB_OFFLINE=1`, or the Hub not answering one short request), a local
 dataset file that does not exist, `use_vllm` without vLLM installed. Each message says what to pass instead.
+The Hub probes are the trainer's own (`nft_trl.runtime.hub`).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ..runtime.hub import DATASETS_OFFLINE_VARIABLES, dataset_is_cached, hub_unavailable, is_cached
 from .arguments import EMBEDDED
 
 
-#: One request to the Hub's endpoint decides whether it can be reached: no retries, at most this many seconds.
-HUB_PROBE_TIMEOUT_S = 3.0
-_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
 
 
@@ -72,44 +68,6 @@ def hub_dataset_id(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
-def model_is_cached(repo_id: str, revision: str | None = None) -> bool:
-    """The model's `config.json` is in the local Hub cache (what transformers reads first, offline too)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
-
-
-def dataset_is_cached(repo_id: str) -> bool:
-    """A download of the dataset is in the Hub cache, or a prepared copy in the `datasets` cache."""
-    from datasets import config as datasets_config
-    from huggingface_hub import constants
-
-    snapshots = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "snapshots"
-    prepared = Path(datasets_config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")
-    return (snapshots.is_dir() and any(snapshots.iterdir())) or prepared.is_dir()
-
-
-def hub_unavailable() -> str | None:
-    """Why the Hub cannot be used from here (an offline variable, or no answer to one short request), else `None`."""
-    for variable in _OFFLINE_VARIABLES:
-        if os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-            return f"{variable}={os.environ[variable]}"
-    return _probe(os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"), HUB_PROBE_TIMEOUT_S)
-
-
-@functools.cache
-def _probe(endpoint: str, timeout: float) -> str | None:
-    """`None` when `endpoint` answers one HEAD request within `timeout` seconds (any HTTP status), else the reason."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return None  # it answered
-    except (OSError, ValueError) as error:  # URLError, a timeout, a refused connection, a malformed endpoint
-        reason = getattr(error, "reason", None) or error
-        return f"{endpoint} did not answer within {timeout:g} s: {reason}"
-    return None
-
-
 def environment_problems(script_args: Any, training_args: Any, model_args: Any) -> list[str]:
     """What this machine lacks for the run, one message each with what to pass instead (no model is loaded)."""
     problems = []
@@ -134,9 +92,9 @@ def environment_problems(script_args: Any, training_args: Any, model_args: Any) 
             f"dataset_name: {dataset_name} does not exist ({Path(dataset_name).expanduser().resolve()}). Give an "
             "existing .parquet/.jsonl/.json/.csv file or folder, a Hub id (owner/name), or 'embedded'."
         )
-    uncached_model = model is not None and not model_is_cached(model, getattr(model_args, "model_revision", None))
+    uncached_model = model is not None and not is_cached(model, getattr(model_args, "model_revision", None))
     uncached_dataset = dataset is not None and not dataset_is_cached(dataset)
-    reason = hub_unavailable() if uncached_model or uncached_dataset else None
+    reason = hub_unavailable(DATASETS_OFFLINE_VARIABLES) if uncached_model or uncached_dataset else None
     if reason and uncached_model:
         problems.append(
             f"model_name_or_path {model!r} is a Hub id, not in the local cache, and the Hub cannot be reached "
