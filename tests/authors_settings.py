@@ -65,7 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     # No KL, no entropy bonus; pi_old recomputed by the trainer, no correction for the sampler's probabilities.
     Setting("beta", 0.0, "train_7B.sh:13-14 (kl_coef, kl_loss_coef), train_32B.sh:13-14"),
     Setting("vllm_importance_sampling_correction", False, "ray_nft_trainer.py:1092-1094 (old log-probs recomputed)"),
-    Setting("gradient_checkpointing", True, "train_7B.sh:106 (enable_gradient_checkpointing)"),
+    Setting("activation_checkpointing", True, "train_7B.sh:106 (enable_gradient_checkpointing)"),
     # The verdict.
     Setting("reward_funcs", ["dapo_strict_box"], "verifier.py:66-68 (math_dapo, strict_box_verify=True)"),
     # The NFT loss.

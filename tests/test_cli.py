@@ -106,6 +106,69 @@ def test_cpu_recipe_passes_the_whole_check_offline(capsys):
     assert "embedded/pretrained" in out  # model_name_or_path: embedded is the shipped folder
 
 
+def test_no_shipped_recipe_warns_about_activation_checkpointing():
+    """The training script parses every shipped recipe without a checkpointing warning, issued or logged (transformers
+    5 deprecates the `gradient_checkpointing*` names for `activation_checkpointing*`; a recipe a user runs as shipped
+    must not raise a warning only an edit of the shipped file would silence). Through the launched script's parser:
+    the launcher's own parse filters that warning out, for TRL's GRPOConfig default."""
+    import logging
+    import warnings
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(f"{record.name}: {record.getMessage()}")
+
+    records = Records()
+    loggers = [logging.getLogger(), logging.getLogger("transformers")]  # transformers' logger does not propagate
+    for logger in loggers:
+        logger.addHandler(records)
+    found = []
+    try:
+        for recipe in shipped_recipes():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                parse_args(["--config", str(RECIPES_DIR / f"{recipe}.yaml"), "--use_cpu", "true"])
+            found += [f"{recipe}: {w.category.__name__}: {w.message}" for w in caught]
+            found += [f"{recipe}: {message}" for message in records.messages]
+            records.messages.clear()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    assert not [line for line in found if "checkpointing" in line.lower()], "\n".join(found)
+
+
+def test_recipes_new_checkpointing_names_reach_an_old_transformers(tmp_path):
+    """Under transformers 4 (only `gradient_checkpointing*`), the recipes' `activation_checkpointing*` keys and flags
+    set the old fields; where both names exist (transformers 5) nothing is renamed."""
+    import dataclasses
+
+    from nft_trl.cli.arguments import RecipeParser
+
+    @dataclasses.dataclass
+    class OldArguments:  # the two fields as transformers 4's TrainingArguments has them
+        gradient_checkpointing: bool = False
+        gradient_checkpointing_kwargs: str | None = None
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "activation_checkpointing: true\nactivation_checkpointing_kwargs: '{\"use_reentrant\": false}'\n"
+    )
+    parser = RecipeParser((OldArguments,))
+    (args,) = parser.parse_args_and_config(["--config", str(recipe)])
+    assert args.gradient_checkpointing is True and args.gradient_checkpointing_kwargs == '{"use_reentrant": false}'
+    (args,) = parser.parse_args_and_config(["--config", str(recipe), "--activation_checkpointing=false"])
+    assert args.gradient_checkpointing is False
+    (args,) = RecipeParser((OldArguments,)).parse_args_and_config(["--activation_checkpointing", "true"])
+    assert args.gradient_checkpointing is True
+    # transformers 5: both names are fields, each is read as itself.
+    _, config, _ = parse_args(["--config", str(RECIPES_DIR / f"{RECIPE_7B}.yaml"), "--use_cpu", "true"])
+    assert config.activation_checkpointing is True and config.gradient_checkpointing is True
+
+
 @pytest.mark.parametrize(("recipe", "gpus"), [(RECIPE_7B, 32), (RECIPE_32B, 128)])
 def test_paper_recipes_reproduce_the_papers_arithmetic(recipe, gpus):
     run = parse_run(["--config", recipe], prog="test")

@@ -125,8 +125,35 @@ class NFTScriptArguments:
     )
 
 
+#: Fields transformers 5 renamed (new name: old name). The recipes use the new names: under transformers 5 the old ones
+#: warn at every config (and go in v6); transformers 4 has only the old ones, which `RecipeParser` then reads them as.
+RENAMED_FIELDS = {
+    "activation_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
+}
+
+
+class RecipeParser(TrlParser):
+    """TRL's parser, reading a recipe key or flag named as in `RENAMED_FIELDS` by the old name when the dataclasses
+    have only that one (transformers 4)."""
+
+    def _renames(self) -> dict[str, str]:
+        dests = {action.dest for action in self._actions}
+        return {new: old for new, old in RENAMED_FIELDS.items() if new not in dests and old in dests}
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        renames = self._renames()
+        return super().set_defaults_with_config(**{renames.get(key, key): value for key, value in kwargs.items()})
+
+    def parse_args_into_dataclasses(self, args=None, **kwargs):
+        flags = {f"--{new}": f"--{old}" for new, old in self._renames().items()}
+        if flags and args is not None:
+            args = [flags.get(name, name) + sep + value for name, sep, value in (arg.partition("=") for arg in args)]
+        return super().parse_args_into_dataclasses(args, **kwargs)
+
+
 def make_parser(config_class: type[GRPOConfig] = NFTConfig, prog: str | None = None) -> TrlParser:
-    return TrlParser((NFTScriptArguments, config_class, ModelConfig), prog=prog)
+    return RecipeParser((NFTScriptArguments, config_class, ModelConfig), prog=prog)
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:

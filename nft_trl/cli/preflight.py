@@ -240,7 +240,7 @@ def preflight(
             f"the estimated peak ({estimate.peak / GB:.1f} GB) exceeds {gpu_memory_gb:g} GB per GPU. Shard more "
             "(--accelerate_config zero3, or zero3_offload), lower per_device_train_batch_size (raising "
             "gradient_accumulation_steps and steps_per_generation by the same factor keeps the arithmetic), keep "
-            "gradient_checkpointing on, or with colocated vLLM set vllm_enable_sleep_mode / lower "
+            "activation_checkpointing on, or with colocated vLLM set vllm_enable_sleep_mode / lower "
             "vllm_gpu_memory_utilization."
         )
         (report.errors if memory_must_fit else report.warnings).append(message)
