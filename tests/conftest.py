@@ -8,6 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a pytest-xdist worker: one torch thread (see "parallel workers" below)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -71,13 +74,31 @@ def scripted_generation():
 
 # ---------------------------------------------------------------------------------------------------- progress lines
 # `pytest -q` prints one dot per test: a test that runs for minutes looks like a hang. Each test marked `slow`, and any
-# test that took more than SLOW_REPORT_S, gets a line of its own: what runs, then how long it took.
+# test that took more than SLOW_REPORT_S, gets a line of its own: what runs (in a single process), then how long it
+# took (always; under pytest-xdist the line comes from the controller, which sees every worker's reports).
 SLOW_REPORT_S = 20.0
 _slow_ids: set[str] = set()
+_config = None
+
+
+def pytest_configure(config):
+    global _config
+    _config = config
+    # Hand tests to workers one or two at a time (xdist's default sends a quarter of them at once), so that the
+    # longest-first order below is followed across workers.
+    if getattr(config.option, "maxschedchunk", "absent") is None:
+        config.option.maxschedchunk = 1
 
 
 def pytest_collection_modifyitems(config, items):
     _slow_ids.update(item.nodeid for item in items if item.get_closest_marker("slow"))
+    # Longest first: the tests marked `slow`, then those that start processes, then the rest, each in file order.
+    # With workers (`-n`), taking tests one at a time in this order keeps both cores busy to the end instead of
+    # leaving one worker alone with a minute-long test after the other has finished.
+    def rank(item) -> int:
+        return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("distributed") else 2
+
+    items.sort(key=rank)  # stable: file order within each rank
 
 
 def _write_line(config, text: str) -> None:
@@ -93,17 +114,23 @@ def pytest_runtest_logstart(nodeid, location):
 
 
 def pytest_runtest_logreport(report):
-    if (
-        report.when == "call"
-        and _config is not None
-        and (report.nodeid in _slow_ids or report.duration > SLOW_REPORT_S)
-    ):
-        _write_line(_config, f"[slow] {report.nodeid}: {report.outcome} in {report.duration:.0f} s")
+    if _config is None or report.when != "call":
+        return
+    if "slow" in report.keywords or report.nodeid in _slow_ids or report.duration > SLOW_REPORT_S:
+        worker = getattr(report, "node", None)
+        where = f" [{worker.gateway.id}]" if worker is not None and hasattr(worker, "gateway") else ""
+        _write_line(_config, f"[slow] {report.nodeid}: {report.outcome} in {report.duration:.0f} s{where}")
 
 
-_config = None
+# ------------------------------------------------------------------------------------------------ parallel workers
+# `pytest -n auto` (the README's command) runs the tests in worker processes. The CPUs are shared, not multiplied: each
+# worker, and every process a test starts from it, uses one torch thread, so that two workers on two cores do not
+# oversubscribe them (torch's default is one thread per core in every process).
+MAX_AUTO_WORKERS = 4
 
 
-def pytest_configure(config):
-    global _config
-    _config = config
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per CPU, at most MAX_AUTO_WORKERS (each holds a model or starts training processes)."""
+    return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
+
+# (The thread settings themselves are at the top of this file: they must come before torch is imported.)
