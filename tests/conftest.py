@@ -92,6 +92,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     _slow_ids.update(item.nodeid for item in items if item.get_closest_marker("slow"))
+
     # Longest first: the tests marked `slow`, then those that start processes, then the rest, each in file order.
     # With workers (`-n`), taking tests one at a time in this order keeps both cores busy to the end instead of
     # leaving one worker alone with a minute-long test after the other has finished.
@@ -132,5 +133,6 @@ MAX_AUTO_WORKERS = 4
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per CPU, at most MAX_AUTO_WORKERS (each holds a model or starts training processes)."""
     return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
+
 
 # (The thread settings themselves are at the top of this file: they must come before torch is imported.)

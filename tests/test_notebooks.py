@@ -20,6 +20,7 @@ def test_notebook_is_stripped(path):
             assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs before committing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
