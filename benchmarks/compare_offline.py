@@ -95,14 +95,14 @@ class Settings:
 PROTOCOL = Settings()
 PILOT = Settings(
     starts=("build1",),
-    learning_rates=(2e-4, 8e-4),
+    learning_rates=(2e-4,),
     tune_seeds=(100,),
     final_seeds=(0, 1),
     epochs=(1, 2),
-    questions=8,
+    questions=4,
     answers=4,
     batch=8,
-    eval_prompts=8,
+    eval_prompts=4,
     eval_samples=4,
     rounds=2,
     online_prompts_per_step=2,

@@ -45,7 +45,7 @@ def test_grid_has_the_protocols_size_and_final_runs_follow_the_choices(offline):
 
 
 def test_learning_rate_is_chosen_per_epoch_count_smaller_on_ties(offline):
-    settings = offline.PILOT
+    settings = offline.Settings(starts=("build1",), learning_rates=(2e-4, 8e-4), tune_seeds=(100,), epochs=(1, 2))
     accuracy = {(2e-4, "1"): 0.5, (8e-4, "1"): 0.5, (2e-4, "2"): 0.4, (8e-4, "2"): 0.6}
     results = [
         {
@@ -101,24 +101,23 @@ def test_each_method_gets_its_rows(offline):
 def test_pilot_trains_every_method_runs_the_rounds_and_reports(offline, tmp_path):
     out = tmp_path / "out"
     common = ["--pilot", "--out", str(out), "--only"]
-    assert offline.main(["--phase", "tune", *common, "method=nft"]) == 0  # both rates: NFT's choice for the rounds
-    assert offline.main(["--phase", "tune", *common, "lr=0.0002", "method=rft,sft,kto,dpo"]) == 0
+    # each trainer once (RFT is NFTTrainer with other settings); the pilot's grid has one learning rate
+    assert offline.main(["--phase", "tune", *common, "method=nft,sft,kto,dpo"]) == 0
     cells = sorted(p.name for p in (out / "cells").iterdir())
-    names = [f"tune-build1-{m}-lr0.0002-seed100-e2.json.gz" for m in offline.METHODS]
-    assert cells == sorted([*names, "tune-build1-nft-lr0.0008-seed100-e2.json.gz"])
+    assert cells == sorted(f"tune-build1-{m}-lr0.0002-seed100-e2.json.gz" for m in ("nft", "sft", "kto", "dpo"))
     results = offline.load_finished(out, offline.PILOT)
     for result in results:
         assert set(result["evals"]) == {"1", "2"}, result["cell"]  # evaluated after each epoch
         assert 0 <= result["evals"]["2"]["sampled"] <= 1 and result["evals"]["2"]["entropy"] > 0
         assert len(result["loss_curve"]) == 2 * result["steps_per_epoch"]
     nft = next(r for r in results if r["cell"]["method"] == "nft")
-    assert nft["train_rows"] == 32  # every judged answer; SFT fewer (the right ones only)
-    assert next(r for r in results if r["cell"]["method"] == "sft")["train_rows"] < 32
+    assert nft["train_rows"] == 16  # every judged answer; SFT fewer (the right ones only)
+    assert next(r for r in results if r["cell"]["method"] == "sft")["train_rows"] < 16
     # a rerun skips the finished runs
-    assert offline.main(["--phase", "tune", *common, "lr=0.0002"]) == 0
+    assert offline.main(["--phase", "tune", *common, "method=nft,sft,kto,dpo"]) == 0
     assert sorted(p.name for p in (out / "cells").iterdir()) == cells
     # the rounds: offline generate + train vs online NFT, evaluated after each round
     assert offline.main(["--phase", "rounds", "--pilot", "--out", str(out), "--only", "seed=0"]) == 0
     report = (out / "results.md").read_text()
-    assert "| build1 | offline | 2 | 64 |" in report and "| build1 | online | 2 | 64 |" in report
-    assert "judged data `build1`: 32 answers" in report
+    assert "| build1 | offline | 2 | 32 |" in report and "| build1 | online | 2 | 32 |" in report
+    assert "judged data `build1`: 16 answers" in report
