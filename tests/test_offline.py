@@ -395,6 +395,11 @@ def test_generate_command(tmp_path, tiny_model_path, capsys):
     assert main(argv) == 0
     data = load_judged(out)
     assert len(data) == 6 and set(data["reward"]) <= {0.0, 1.0, None}
+    from nft_trl.offline.settings import model_fingerprint, read_settings
+
+    recorded = read_settings(out)  # the model as typed, the fingerprint of its weights
+    assert recorded["model"] == tiny_model_path and recorded["model_fingerprint"] == model_fingerprint(tiny_model_path)
+    assert (recorded["reward"], recorded["num_answers"], recorded["backend"]) == ("math_verifier", 2, "transformers")
     assert main(["generate", "--model", str(tmp_path / "nowhere"), "--dataset", str(source), "--output", "x"]) == 1
     assert "--model" in capsys.readouterr().err
 
@@ -444,7 +449,7 @@ def test_generate_resumes_after_a_kill(tmp_path, tiny_tokenizer):
     written = len(out.read_text().splitlines())
     assert 6 <= written < 90
 
-    def verdict(completions, solution, **kwargs):
+    def slow_verdict(completions, solution, **kwargs):  # the child's reward (its name is recorded), without the wait
         return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
 
     questions = Dataset.from_dict(
@@ -452,12 +457,142 @@ def test_generate_resumes_after_a_kill(tmp_path, tiny_tokenizer):
     )
     model = build_tiny_model(tiny_tokenizer, seed=0)
     generate_judged(
-        model, tiny_tokenizer, questions, out, num_answers=3, max_new_tokens=4, batch_size=4, reward=verdict
+        model, tiny_tokenizer, questions, out, num_answers=3, max_new_tokens=4, batch_size=4, reward=slow_verdict
     )
     data = load_judged(out)
     groups = data["group"]
     assert sorted(set(groups), key=int) == [str(i) for i in range(30)]
     assert all(groups.count(g) == 3 for g in set(groups))
+
+
+# ------------------------------------------------------------------------------------- generation settings
+def even_length(completions, solution, **kwargs):
+    return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+
+def test_generate_records_its_settings_beside_the_file(tmp_path, tiny_tokenizer, tiny_model_path):
+    from nft_trl import __version__
+    from nft_trl.offline import generation_settings
+    from nft_trl.offline.generate import generate_judged
+    from nft_trl.offline.settings import model_fingerprint
+
+    out = tmp_path / "answers.jsonl"
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    generate_judged(
+        model,
+        tiny_tokenizer,
+        questions(2),
+        out,
+        num_answers=2,
+        max_new_tokens=3,
+        temperature=0.7,
+        top_p=0.9,
+        seed=5,
+        reward=even_length,
+        model_name=tiny_model_path,
+    )
+    recorded = json.loads((tmp_path / "answers.jsonl.settings.json").read_text())
+    fingerprint = model_fingerprint(tiny_model_path)
+    assert fingerprint is not None and len(fingerprint) == 16
+    assert recorded == {
+        "model": tiny_model_path,
+        "model_fingerprint": fingerprint,
+        "num_answers": 2,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_new_tokens": 3,
+        "seed": 5,
+        "reward": "even_length",
+        "backend": "transformers",
+        "nft_trl_version": __version__,
+    }
+    assert generation_settings(load_judged(out)) == recorded  # the loader carries them with the answers
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_generate_resume_with_other_settings_stops_before_generating(tmp_path, tiny_tokenizer):
+    from nft_trl.offline.generate import generate_judged
+
+    calls = []
+
+    def verdict(completions, solution, **kwargs):
+        calls.append(len(completions))
+        return even_length(completions, solution)
+
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    out = tmp_path / "answers.jsonl"
+    settings = dict(num_answers=2, max_new_tokens=3, temperature=1.0, reward=verdict)
+    generate_judged(model, tiny_tokenizer, questions(2), out, **settings)
+    before, recorded = out.read_bytes(), (tmp_path / "answers.jsonl.settings.json").read_bytes()
+    with pytest.raises(ValueError) as err:
+        generate_judged(model, tiny_tokenizer, questions(3), out, **{**settings, "temperature": 0.7, "num_answers": 3})
+    message = str(err.value)
+    assert "temperature: recorded 1.0, requested 0.7" in message and "num_answers: recorded 2, requested 3" in message
+    assert "max_new_tokens" not in message and "another output file" in message
+    assert out.read_bytes() == before and calls == [2, 2]  # nothing generated, nothing rewritten
+    assert (tmp_path / "answers.jsonl.settings.json").read_bytes() == recorded
+
+    generate_judged(model, tiny_tokenizer, questions(3), out, **settings)  # the same settings: it resumes
+    assert calls == [2, 2, 2] and out.read_bytes().startswith(before)
+    assert sorted(set(load_judged(out)["group"])) == ["0", "1", "2"]
+
+
+def test_generate_accepts_an_older_file_without_settings_and_records_them(tmp_path, tiny_tokenizer, caplog):
+    from nft_trl.offline.generate import generate_judged
+
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    out = tmp_path / "answers.jsonl"
+    settings = dict(num_answers=2, max_new_tokens=3, reward=even_length)
+    generate_judged(model, tiny_tokenizer, questions(1), out, **settings)
+    (tmp_path / "answers.jsonl.settings.json").unlink()  # as an older nft-trl wrote it
+    with caplog.at_level("WARNING", logger="nft_trl.offline.generate"):
+        generate_judged(model, tiny_tokenizer, questions(2), out, **{**settings, "temperature": 0.5})
+    assert "no settings file" in caplog.text
+    assert json.loads((tmp_path / "answers.jsonl.settings.json").read_text())["temperature"] == 0.5
+    assert sorted(set(load_judged(out)["group"])) == ["0", "1"]
+    with pytest.raises(ValueError, match="temperature: recorded 0.5, requested 1.0"):  # from now on, checked
+        generate_judged(model, tiny_tokenizer, questions(3), out, **settings)
+
+
+def stored_answers(tmp_path, tokenizer, temperature=0.7, logps=True):
+    """Judged rows with (or without) stored log-probabilities, in a file whose settings say `temperature`."""
+    from nft_trl.offline.settings import write_settings
+
+    rows = judged_rows(tokenizer)
+    if logps:
+        rows = [{**r, "completion_logps": [-1.0] * len(r["completion_ids"])} for r in rows]
+    path = tmp_path / "stored.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = dict(model=None, model_fingerprint=None, num_answers=4, temperature=temperature, top_p=1.0)
+    write_settings(path, {**settings, "max_new_tokens": MAX_COMPLETION_LENGTH, "seed": 0, "reward": "r"})
+    return load_judged(path)
+
+
+def test_offline_trainer_refuses_a_temperature_other_than_the_stored_logps(tmp_path, tiny_tokenizer):
+    data = stored_answers(tmp_path, tiny_tokenizer, temperature=0.7)
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+
+    def trainer(**settings):
+        config = NFTConfig(**sgd_args(tmp_path, "settings", offline=True, **settings))
+        return NFTTrainer(model, args=config, train_dataset=data, processing_class=tiny_tokenizer)
+
+    with pytest.raises(ValueError, match=r"generated at temperature 0.7.*Set temperature to 0.7"):
+        trainer(temperature=1.0)
+    assert trainer(temperature=0.7).train_dataset is data  # the generation's settings: accepted
+    with pytest.raises(
+        ValueError, match=r"longer than the trainer's max_completion_length 2.*max_completion_length to"
+    ):
+        trainer(temperature=0.7, max_completion_length=2)  # the stored answers would be cut
+
+
+def test_offline_trainer_without_stored_logps_takes_another_temperature(tmp_path, tiny_tokenizer, caplog):
+    data = stored_answers(tmp_path, tiny_tokenizer, temperature=0.7, logps=False)
+    config = NFTConfig(**sgd_args(tmp_path, "settings", offline=True, temperature=1.0))
+    with caplog.at_level("WARNING", logger="nft_trl.offline.settings"):
+        NFTTrainer(
+            build_tiny_model(tiny_tokenizer, seed=0), args=config, train_dataset=data, processing_class=tiny_tokenizer
+        )
+    assert "generated at temperature 0.7" in caplog.text  # pi_old is computed at the trainer's: a warning only
 
 
 def test_an_empty_text_is_an_answer_when_its_tokens_are_stored():

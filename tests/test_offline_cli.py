@@ -68,6 +68,24 @@ def test_a_shard_whose_rewards_are_all_unjudged_loads_with_the_others(tmp_path):
     assert len(load_judged(str(tmp_path / "a.jsonl"))) == 3
 
 
+def test_shards_generated_with_different_settings_fail_on_load(tmp_path):
+    from nft_trl.offline import generation_settings
+    from nft_trl.offline.settings import write_settings
+
+    settings = dict(model="m", num_answers=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0, reward="r")
+    for rank, groups in enumerate([[0, 2], [1]]):
+        write_answers(tmp_path / f"answers.rank{rank}.jsonl", groups)
+        write_settings(tmp_path / f"answers.rank{rank}.jsonl", {**settings, "backend": "transformers"})
+    data = load_judged(str(tmp_path / "answers.jsonl"))
+    assert generation_settings(data)["temperature"] == 1.0 and len(data) == 6
+    assert len(load_judged(str(tmp_path / "answers*"))) == 6  # a glob leaves the settings files out
+
+    write_settings(tmp_path / "answers.rank1.jsonl", {**settings, "temperature": 0.7})
+    with pytest.raises(ValueError, match="different settings") as err:
+        load_judged(str(tmp_path / "answers.jsonl"))
+    assert "temperature: 1.0 in answers.rank0.jsonl, 0.7 in answers.rank1.jsonl" in str(err.value)
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_generate_on_two_processes_writes_a_shard_each_and_resumes(tmp_path):
@@ -211,6 +229,8 @@ def test_vllm_flags_reach_trls_client_which_transformers_generation_never_builds
     assert written[1]["completion_ids"] == [5, 6, fake.eos_id] and written[1]["completion_logps"] == [-0.5] * 3
 
     assert seen == [{"host": "10.0.0.1", "server_port": 9, "connection_timeout": 240.0}]
+    recorded = json.loads((tmp_path / "answers.jsonl.settings.json").read_text())
+    assert (recorded["backend"], recorded["model"], recorded["temperature"]) == ("vllm server", "embedded", 0.7)
 
     # Without the flag: transformers generation; the client is never built (its module is imported by TRL's
     # GRPOTrainer whatever nft-trl does).

@@ -14,6 +14,7 @@ from trl.trainer.utils import get_config_model_id
 
 from ..offline.batch import OfflineBatches
 from ..offline.dataset import PREPARED_COLUMNS, is_judged, prepare_judged, stored_verdict
+from ..offline.settings import check_generation_settings
 from ..rewards.checked import checked_rewards
 from ..runtime.hub import check_model_source
 from ..runtime.inputs import check_before_model, check_prompt_lengths
@@ -354,4 +355,6 @@ def _offline_inputs(args: NFTConfig, reward_funcs, train_dataset, eval_dataset):
         raise ValueError("offline=True needs a datasets.Dataset of judged answers (see nft_trl.offline.load_judged).")
     if not set(PREPARED_COLUMNS) <= set(train_dataset.column_names):
         train_dataset = prepare_judged(train_dataset, args.correctness_threshold)
+    # Answers that record how they were generated (load_judged): stored pi_old at the trainer's temperature, none cut.
+    check_generation_settings(train_dataset, args.temperature, args.max_completion_length)
     return train_dataset, [stored_verdict]

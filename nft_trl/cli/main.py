@@ -208,6 +208,7 @@ def generate_main(argv: list[str]) -> int:
         args = build_generate_parser().parse_args(argv)
     except SystemExit as exit_:
         return exit_code(exit_)
+    given_model = args.model  # as typed ('embedded' included): recorded in the output's settings file
     model_ref = argparse.Namespace(model_name_or_path=args.model)
     resolve_embedded_model(model_ref)  # 'embedded' -> the shipped model's folder
     args.model = model_ref.model_name_or_path
@@ -245,6 +246,7 @@ def generate_main(argv: list[str]) -> int:
             rank=rank,
             world_size=world_size,
             vllm_client=client,
+            model_name=given_model,
             **{k: getattr(args, k) for k in options},
         )
     except (ValueError, FileNotFoundError, ImportError, ConnectionError) as err:

@@ -27,7 +27,9 @@ only, as `algorithm.loss.group_correct_rate` computes it online) and `nft_row` (
 `r_hat` is 1 or 0 and NFT's gradient on them is 0 (`w = 1 - r_hat = 0`, or `x = 1` exactly).
 
 Loaders: `load_judged` (jsonl, json, parquet, or a `datasets.Dataset`) and `from_eval_samples` (the per-problem files
-`nft-trl eval` writes, `samples/<benchmark>.jsonl`).
+`nft-trl eval` writes, `samples/<benchmark>.jsonl`). `load_judged` also reads the files' generation settings
+(`<file>.settings.json`, written by `nft-trl generate`; all files must agree) into the dataset's `info.description`
+(`nft_trl.offline.settings.generation_settings(dataset)` reads them back; the offline trainer checks them).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any
 from datasets import Dataset
 
 from ..runtime.inputs import prompt_problem
+from .settings import SETTINGS_SUFFIX, attach_settings, files_settings
 
 
 logger = logging.getLogger(__name__)
@@ -225,7 +228,7 @@ def judged_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
     for item in items:
         text = str(item)
         if glob.has_magic(text):
-            matched = sorted(Path(p) for p in glob.glob(text))
+            matched = sorted(Path(p) for p in glob.glob(text) if not p.endswith(SETTINGS_SUFFIX))
             if not matched:
                 raise FileNotFoundError(f"No judged-answer file matches {text!r}.")
             files += matched
@@ -262,16 +265,19 @@ def _read_file(path: Path) -> Dataset:
 
 def load_judged(source: str | Path | Sequence[str | Path] | Dataset, correctness_threshold: float = 0.5) -> Dataset:
     """Judged answers from a `datasets.Dataset` or jsonl / json / parquet files (`judged_files`: one file, a list, a
-    glob, or the output of `nft-trl generate` with its shards), checked and prepared as one dataset."""
+    glob, or the output of `nft-trl generate` with its shards), checked and prepared as one dataset. The files'
+    generation settings (`<file>.settings.json`; files that disagree are refused) are in the returned dataset's
+    `info.description`: `nft_trl.offline.settings.generation_settings(dataset)`."""
     if isinstance(source, Dataset):
         return prepare_judged(source, correctness_threshold)
     files = judged_files(source)
     if len(files) > 1:
         logger.info("Judged answers from %d files: %s", len(files), ", ".join(map(str, files)))
+    settings = files_settings(files)  # before reading the rows: files that disagree stop here
     datasets = [_read_file(path) for path in files]
     # Rows, not concatenate_datasets: a shard whose rewards are all None has another column type than the others.
     dataset = datasets[0] if len(datasets) == 1 else Dataset.from_list([row for d in datasets for row in d])
-    return prepare_judged(dataset, correctness_threshold)
+    return attach_settings(prepare_judged(dataset, correctness_threshold), settings)
 
 
 def from_eval_samples(path: str | Path, problems: Mapping[str, str], correctness_threshold: float = 0.5) -> Dataset:

@@ -13,6 +13,9 @@ questions whose index is r modulo n and writes its own shard, `answers.rank{r}.j
 (`shard_path`). There is no collective: a process that dies stops no other, and each shard resumes on its own. A
 rerun with another number of processes skips the questions done in any shard. `output_files` lists the file and its
 shards; `nft_trl.offline.load_judged` reads them all from the output's name.
+
+Next to each file it writes, `generate_judged` records how its answers were made, `<file>.settings.json`
+(`nft_trl.offline.settings`), and a resume with other answer-changing settings stops before generating.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 
 from .dataset import group_summary
+from .settings import build_settings, check_resume, has_rows, settings_path, write_settings
 
 
 logger = logging.getLogger(__name__)
@@ -204,11 +208,24 @@ def generate_judged(
     rank: int = 0,
     world_size: int = 1,
     vllm_client=None,
+    model_name: str | None = None,
 ) -> Path:
     """Generate, judge and append the answers of every question of `questions` (columns `prompt`, `solution`) not
     already in `output` or its shards. Process `rank` of `world_size` takes the questions whose index is `rank`
     modulo `world_size` and writes `shard_path(output, rank, world_size)`, which it returns. With `vllm_client` (a
-    TRL `VLLMClient`) the answers come from the vLLM server and `model` is not used."""
+    TRL `VLLMClient`) the answers come from the vLLM server and `model` is not used.
+
+    The settings (`model_name`, default the model's `name_or_path`; `num_answers`, `temperature`, `top_p`,
+    `max_new_tokens`, `seed`, the reward's name, the backend, the nft-trl version) are written atomically to
+    `<file>.settings.json` before the file's first answers. On resume, before anything is read, rewritten or
+    generated, every file of `output` that holds answers and a settings file must record the same answer-changing
+    settings (`settings.ANSWER_SETTINGS`), else a `ValueError` names each differing setting with both values.
+
+    A file holding answers but no settings file (written by an nft-trl before settings files) is accepted and this
+    run's settings are recorded for it, with a warning: nothing says how its answers were made, refusing would leave
+    every such file impossible to resume (no settings could satisfy the check), and a resume is usually the same
+    command again. Recording the settings once makes every later resume checked.
+    """
     if reward is None:
         from ..rewards import math_verifier as reward
     if num_answers < 1 or batch_size < 1 or max_new_tokens < 1 or temperature <= 0:
@@ -220,6 +237,30 @@ def generate_judged(
             raise ValueError(f"The questions need a {column!r} column (they have {questions.column_names}).")
     path = shard_path(output, rank, world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
+    loaded_from = (getattr(model, "name_or_path", None) or None) if model is not None else None  # None: in memory
+    settings = build_settings(
+        model=model_name if model_name is not None else loaded_from,
+        model_folder=loaded_from,
+        num_answers=num_answers,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        reward=reward,
+        backend="transformers" if vllm_client is None else "vllm server",
+    )
+    # Before anything is read (read_done rewrites files) or generated: the files' answers were made as these will be.
+    unrecorded = check_resume(output_files(output), settings)
+    for other in unrecorded:
+        if other == path:
+            logger.warning(
+                "%s holds answers but no settings file (an older nft-trl generate): assuming they were made with "
+                "this run's settings, now recorded in %s. If they were not, stop and write to another output.",
+                path,
+                settings_path(path).name,
+            )
+        else:
+            logger.info("%s has no settings file (an older nft-trl generate); its questions are skipped.", other)
     done = read_done(path, num_answers)
     # Files no current process writes (the other shards of an earlier run with more or fewer processes): process 0
     # cleans them; the shards of the other current processes are only read (they hold none of this one's questions).
@@ -237,6 +278,8 @@ def generate_judged(
         len(mine),
         path,
     )
+    if todo or has_rows(path):
+        write_settings(path, settings)  # before the first answers: a file with answers always has its settings
     started, answers, tokens = time.perf_counter(), 0, 0
     if vllm_client is None:
         model.eval()
