@@ -327,7 +327,8 @@ def evaluate(model, tokenizer, dataset, settings: Settings, start: str, folder: 
         reward=task_reward(online.STARTS[start]),
     )
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    path.unlink()
+    for written in (path, path.with_name(path.name + ".settings.json")):
+        written.unlink(missing_ok=True)  # the next evaluation samples afresh into the same folder
     correct = defaultdict(int)
     for row in rows:
         correct[row["group"]] += _right(row)
