@@ -46,8 +46,7 @@ def smollm2_dir():
 def arguments(output_dir, **settings):
     from nft_trl import NFTConfig
 
-    return NFTConfig(
-        output_dir=str(output_dir),
+    defaults = dict(
         use_cpu=True,
         bf16=False,
         report_to="none",
@@ -57,8 +56,8 @@ def arguments(output_dir, **settings):
         max_steps=2,
         learning_rate=1e-5,
         logging_steps=1,
-        **settings,
     )
+    return NFTConfig(output_dir=str(output_dir), **{**defaults, **settings})
 
 
 def test_the_readme_trains_smollm2_as_written_and_nft_trl_eval_scores_it(tmp_path, monkeypatch):
@@ -127,7 +126,14 @@ def test_nothing_to_learn_is_loud_on_the_real_model(tmp_path, caplog):
     dataset = Dataset.from_dict(
         {"prompt": [[{"role": "user", "content": q}] for q, _ in questions], "solution": [a for _, a in questions]}
     )
-    args = arguments(tmp_path / "out", max_completion_length=16, save_strategy="no", warn_no_signal_steps=2)
+    args = arguments(
+        tmp_path / "out",
+        max_completion_length=16,
+        save_strategy="no",
+        warn_no_signal_steps=2,
+        num_generations=4,  # one question x 4 answers per step
+        per_device_train_batch_size=4,
+    )
     trainer = NFTTrainer(str(smollm2_dir()), reward_funcs=[math_verifier], args=args, train_dataset=dataset)
     with caplog.at_level(logging.WARNING, logger="nft_trl.algorithm"):
         trainer.train()
