@@ -732,7 +732,7 @@ def rounds_summary(settings: Settings, results: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(settings, summary, rounds, chosen, data, points) -> str:
+def markdown(settings, summary, rounds, chosen, data, points, results) -> str:
     lines = ["# Offline NFT vs TRL's offline trainers: results", ""]
     for point in points:
         lines.append(
@@ -744,6 +744,21 @@ def markdown(settings, summary, rounds, chosen, data, points) -> str:
         lines.append(
             f"- judged data `{item['start']}`: {item['answers']} answers, correct rate {100 * item['correct_rate']:.1f}%, "
             f"mixed groups {100 * item['mixed_groups']:.1f}%, truncated {item['truncated']}"
+        )
+    tune = sorted((r for r in results if r["cell"].get("phase") == "tune"), key=lambda r: Cell(**r["cell"]).name)
+    epochs = [str(e) for e in settings.epochs]
+    lines += [
+        "",
+        "## Tune runs (validation, sampled accuracy after each epoch count)",
+        "",
+        "| model | method | lr | seed | " + " | ".join(f"after {e}" for e in epochs) + " | wall (s) |",
+        "|---|---|---|---|" + "---|" * (len(epochs) + 1),
+    ]
+    for r in tune:
+        c = r["cell"]
+        after = " | ".join(f"{100 * r['evals'][e]['sampled']:.1f}%" if e in r["evals"] else "" for e in epochs)
+        lines.append(
+            f"| {c['start']} | {c['method']} | {c['lr']:g} | {c['seed']} | {after} | {r['wall_seconds']:.0f} |"
         )
     lines += [
         "",
@@ -812,7 +827,7 @@ def write_report(out: Path, settings: Settings, results: list[dict]) -> None:
         "cells": len(results),
     }
     write_json(out / "results.json.gz", payload)
-    (out / "results.md").write_text(markdown(settings, summary, rounds, chosen, data, points))
+    (out / "results.md").write_text(markdown(settings, summary, rounds, chosen, data, points, results))
     logger.info("report: %d runs, %s", len(results), out / "results.md")
 
 
