@@ -109,12 +109,6 @@ PILOT = Settings(
 )
 
 
-def for_task(settings: Settings, task: str) -> Settings:
-    if task == "addition":
-        return settings
-    return dataclasses.replace(settings, starts=tuple(start.replace("build", task) for start in settings.starts))
-
-
 @dataclass(frozen=True)
 class Cell:
     """One training run: `epochs` epochs of `method` at `lr` from `start`'s judged dataset, evaluated after each of
@@ -534,18 +528,8 @@ def online_learning_rates(online_out: Path, pilot: bool) -> dict[str, float]:
 # Files
 
 
-def settings_dict(settings: Settings) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(settings)))
-
-
-def load_finished(out: Path, settings: Settings) -> list[dict]:
-    results = []
-    for path in json_files(out / "cells").values():
-        result = read_json(path)
-        if result["settings"] != settings_dict(settings):
-            raise SystemExit(f"{path} was run with other settings; use another --out (or --pilot to match it).")
-        results.append(result)
-    return results
+# The settings check and the finished runs: compare_algorithms' own functions (any settings dataclass).
+settings_dict, load_finished = online.settings_dict, online.load_finished
 
 
 class Starts:
@@ -859,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     quiet()
 
-    settings = for_task(PILOT if opts.pilot else PROTOCOL, opts.task)
+    settings = online.for_task(PILOT if opts.pilot else PROTOCOL, opts.task)  # the same renaming of starts
     suffix = ("_countdown" if opts.task == "countdown" else "") + ("_pilot" if opts.pilot else "")
     out = Path(opts.out or "benchmarks/results/compare_offline" + suffix)
     online_out = Path(opts.online_out or "benchmarks/results/compare_algorithms" + suffix.replace("_pilot", ""))
