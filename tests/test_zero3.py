@@ -8,6 +8,7 @@ Every launch runs under a timeout in its own process group: a hang fails the tes
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -81,7 +82,7 @@ def test_zero3_moves_every_parameter_as_ddp_and_resumes_dynamic_sampling_exactly
     """ZeRO-3 (two CPU processes, DeepSpeed over gloo) against plain data parallelism, with dynamic sampling on: the
     same parameter updates; a checkpoint per rank, an exact resume, and the consolidated model `nft-trl eval` reads."""
     initial = {n: p.float() for n, p in _load(tiny_model_path).named_parameters()}
-    whole = train("zero3", tmp_path / "whole", tiny_model_path, "--dynamic", "--steps", "4")
+    whole = train("zero3", tmp_path / "whole", tiny_model_path, "--dynamic", "--steps", "4", "--save_steps", "2")
     rounds = [h["nft/dynamic_sampling/rounds"] for h in whole["log_history"] if "nft/dynamic_sampling/rounds" in h]
     assert len(rounds) == 4 and min(rounds) >= 2, "every step needs an extra round; both ranks made them"
 
@@ -96,13 +97,14 @@ def test_zero3_moves_every_parameter_as_ddp_and_resumes_dynamic_sampling_exactly
         assert (a[name] - initial[name]).abs().max() > 0, f"{name} did not move under ZeRO-3"
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
 
-    split = tmp_path / "split"
-    train("zero3", split, tiny_model_path, "--dynamic", "--steps", "2", "--save_steps", "2")
-    checkpoint = split / "run" / "checkpoint-2"
+    # The run's step-2 checkpoint, alone in a fresh output folder, resumed to step 4: the run's own weights.
+    checkpoint = tmp_path / "whole" / "run" / "checkpoint-2"
     partitions = sorted(p.name for p in (checkpoint / "global_step2").iterdir())
     assert any("zero_pp_rank_0" in p and "optim" in p for p in partitions)
     assert any("zero_pp_rank_1" in p and "optim" in p for p in partitions), "one optimizer partition per rank"
     assert json.loads((checkpoint / "nft_dynamic_sampling_state.json").read_text())["position"] > 0
+    split = tmp_path / "split"
+    shutil.copytree(checkpoint, split / "run" / "checkpoint-2")
     resumed = train("zero3", split, tiny_model_path, "--dynamic", "--steps", "4", "--resume")
     assert resumed["global_step"] == 4 and resumed["refill"] == whole["refill"]
     a, b = params(split), params(tmp_path / "whole")
@@ -120,28 +122,11 @@ def test_zero3_moves_every_parameter_as_ddp_and_resumes_dynamic_sampling_exactly
     problems.write_text(
         "".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(2))
     )
-    run(
-        [
-            sys.executable,
-            "-m",
-            "nft_trl.cli",
-            "eval",
-            "--model",
-            str(checkpoint),
-            "--benchmarks",
-            f"tiny={problems}",
-            "--n",
-            "1",
-            "--max_tokens",
-            "8",
-            "--backend",
-            "transformers",
-            "--device",
-            "cpu",
-            "--output_dir",
-            str(tmp_path / "eval"),
-        ]
-    )
+    from nft_trl.cli.main import eval_main  # `nft-trl eval`, in this process (a new one would only add start-up)
+
+    argv = ["--model", str(checkpoint), "--benchmarks", f"tiny={problems}", "--n", "1", "--max_tokens", "8"]
+    argv += ["--backend", "transformers", "--device", "cpu", "--output_dir", str(tmp_path / "eval")]
+    assert eval_main(argv) == 0
     assert (tmp_path / "eval" / "results.json").exists()
 
 
