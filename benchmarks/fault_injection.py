@@ -8,8 +8,9 @@ and injects one fault into a real process:
 - `sigterm`, `sigint`: the signal after a random checkpoint; the run must save, stop with 143 / 130 and say how to
               resume;
 - `twice`:    SIGTERM twice: the run must exit at once with 143;
-- `disk`:     a run resumed under a file-size limit (RLIMIT_FSIZE, what a full disk does to a write) must fail with a
-              clear error at its next save and leave the previous checkpoint complete.
+- `disk`:     SIGKILL inside a save (as `in-save`, after at least one complete checkpoint), then a run resumed under a
+              file-size limit (RLIMIT_FSIZE, what a full disk does to a write) must fail with a clear error at its next
+              save and leave the previous checkpoint complete.
 
 After the fault, the run is resumed with `resume_from_checkpoint=True` (as many times as needed) and its final weights
 are compared, bit for bit, with those of an uninterrupted run of the same settings. `--dynamic-sampling` runs every
@@ -55,6 +56,7 @@ def train(argv: list[str]) -> None:
     parser.add_argument("--dynamic-sampling", action="store_true")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds of sleep per step (to signal inside)")
     parser.add_argument("--fsize-limit", type=int, default=0, help="RLIMIT_FSIZE in bytes (0: none)")
+    parser.add_argument("--save-sleep", type=float, default=0.0, help="seconds of sleep inside each save (to kill in)")
     args = parser.parse_args(argv)
     if args.fsize_limit:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize_limit, args.fsize_limit))
@@ -91,6 +93,14 @@ def train(argv: list[str]) -> None:
     trainer = NFTTrainer(args.model, reward_funcs=[first_token_mod3], args=config, train_dataset=dataset)
     if args.step_sleep:
         trainer.add_callback(Sleep())
+    if args.save_sleep:  # between the model's file and the optimizer's: a save that is surely under way
+        save_optimizer = trainer._save_optimizer_and_scheduler
+
+        def slow_save_optimizer(output_dir):
+            time.sleep(args.save_sleep)
+            save_optimizer(output_dir)
+
+        trainer._save_optimizer_and_scheduler = slow_save_optimizer
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     if trainer.accelerator.is_main_process:
         params = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
@@ -165,6 +175,7 @@ def trial(fault: str, model: str, out: Path, extra: list[str], rng: random.Rando
     result: dict = {"fault": fault, "kills": 0}
     started = time.monotonic()
     sleep = ["--step-sleep", "0.5"] if fault in ("sigterm", "sigint", "twice") else []
+    sleep = ["--save-sleep", "0.5"] if fault == "disk" else sleep  # its kill inside a save must not race the save
     process = subprocess.Popen(
         _command(model, out, *extra, *sleep),
         env=_env(),
@@ -173,8 +184,10 @@ def trial(fault: str, model: str, out: Path, extra: list[str], rng: random.Rando
         text=True,
         preexec_fn=_as_in_a_terminal,
     )
-    target = rng.randint(1, STEPS - 2)
-    if fault == "in-save":
+    # `disk` kills inside a save too, after a complete checkpoint: the resume under the file-size limit then meets an
+    # incomplete checkpoint folder and a complete one before it.
+    target = rng.randint(2 if fault == "disk" else 1, STEPS - 2)
+    if fault in ("in-save", "disk"):
 
         def condition():
             return any(not (c / MARKER).exists() and int(c.name.split("-")[1]) >= target for c in _checkpoints(out))
@@ -187,6 +200,8 @@ def trial(fault: str, model: str, out: Path, extra: list[str], rng: random.Rando
     if fault == "disk":
         reached = _wait_for(process, condition)
         process.send_signal(signal.SIGKILL)
+        process.wait()
+        result["killed_inside_a_save"] = any(not (c / MARKER).exists() for c in _checkpoints(out))
     else:
         reached = _wait_for(process, condition)
         if fault == "kill":

@@ -133,10 +133,10 @@ def test_marker_lists_every_file_with_its_size(tmp_path):
 # ------------------------------------------------------------------------------------------- real faults, real runs
 @pytest.mark.slow
 def test_fault_injection_resumes_to_the_uninterrupted_weights(tmp_path):
-    """A kill inside a save and a full disk, each hit in a real process with dynamic sampling on; every resumed run
-    ends with the uninterrupted run's exact weights. (SIGTERM: the torchrun test below, on every rank; the random
-    kills, SIGINT and the double signal: the benchmark.)"""
-    faults, extra = "in-save,disk", ["--dynamic-sampling"]
+    """A kill inside a save, then a full disk on the resume, in a real process with dynamic sampling on; the run
+    resumed after both ends with the uninterrupted run's exact weights. (SIGTERM: the torchrun test below, on every
+    rank; the random kills, SIGINT and the double signal: the benchmark.)"""
+    faults, extra = "disk", ["--dynamic-sampling"]
     results_file = tmp_path / "results.json"
     cmd = [sys.executable, str(FAULTS), "--out", str(tmp_path), "--trials", "1", "--faults", faults, "--seed", "1"]
     done = subprocess.run(
@@ -151,6 +151,7 @@ def test_fault_injection_resumes_to_the_uninterrupted_weights(tmp_path):
         assert "resume_error" not in result, result
         assert result.get("expected_exit", True) and result.get("said_how_to_resume", True), result
         if result["fault"] == "disk":
+            assert result["killed_inside_a_save"], result
             assert result["disk_exit_code"] != 0 and result["disk_error_clear"], result
             assert "intact" in result["disk_message"], result
     assert done.returncode == 0, done.stdout[-2000:]
