@@ -18,7 +18,14 @@ from nft_trl.algorithm.config import NFTConfig
 from nft_trl.cli import main
 from nft_trl.cli.batch import arithmetic
 from nft_trl.cli.environment import missing_model_folder
-from nft_trl.cli.launch import _without_launch_options, check_main, parse_run, train_main, vllm_serve_main
+from nft_trl.cli.launch import (
+    _train_in_this_process,
+    _without_launch_options,
+    check_main,
+    parse_run,
+    train_main,
+    vllm_serve_main,
+)
 from nft_trl.cli.memory import KNOWN_MODELS, model_shape
 from nft_trl.cli.preflight import RECIPES_DIR, launch_from, shipped_recipes
 from nft_trl.cli.train import parse_args
@@ -731,6 +738,44 @@ def test_cpu_recipe_trains_as_a_user_types_it(tmp_path):
     # AdamW moves a weight by up to ~learning_rate (2e-4) per step: 2 steps moved some by more than half a step (a
     # learning rate ~0, as under a warm-up longer than the run, would move none by more than 1e-7).
     assert max((trained[k].float() - shipped[k].float()).abs().max().item() for k in trained) > 1e-4
+
+
+def _accelerate_args(*launch: str):
+    from accelerate.commands.launch import launch_command_parser
+
+    script = str(PACKAGE_ROOT / "nft_trl" / "cli" / "train.py")
+    return launch_command_parser().parse_args([*launch, "--main_process_port", "29533", script, "--seed", "3"])
+
+
+ZERO3 = str(PACKAGE_ROOT / "nft_trl" / "accelerate_configs" / "zero3.yaml")
+
+
+@pytest.mark.parametrize(
+    "launch", [["--num_processes", "2"], ["--config_file", ZERO3, "--num_processes", "1"]], ids=["two", "deepspeed"]
+)
+def test_other_launches_go_to_accelerate_launch(launch, monkeypatch):
+    """Only a plain single-process launch trains in the CLI process; the check returns False having done nothing."""
+    import nft_trl.cli.train as train_module
+
+    monkeypatch.setattr(train_module, "main", lambda *a: pytest.fail("trained in the CLI process"))
+    environment = dict(os.environ)
+    assert _train_in_this_process(_accelerate_args(*launch)) is False
+    assert dict(os.environ) == environment  # nor changed this process's environment
+
+
+def test_a_single_process_launch_trains_in_the_cli_process_with_accelerates_environment(monkeypatch):
+    import torch
+
+    import nft_trl.cli.train as train_module
+
+    calls = []
+    monkeypatch.setattr(os, "environ", {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    monkeypatch.setattr(train_module, "parse_args", lambda argv: (argv,))
+    monkeypatch.setattr(train_module, "main", lambda argv: calls.append((argv, dict(os.environ))))
+    assert _train_in_this_process(_accelerate_args("--num_processes", "1", "--mixed_precision", "no", "--cpu"))
+    ((argv, environment),) = calls
+    assert argv == ["--seed", "3"]
+    assert environment["ACCELERATE_USE_CPU"] == "True" and environment["ACCELERATE_MIXED_PRECISION"] == "no"
 
 
 def test_cli_modules_import_without_circles():
