@@ -398,6 +398,32 @@ def test_transformers_generator_shapes_and_greedy(tiny_tokenizer):
     assert model.training and tiny_tokenizer.padding_side == "right"  # both restored after generation
 
 
+def test_samples_of_a_prompt_share_its_prefill_and_draw_what_generate_draws():
+    """n samples per prompt read the prompt once (then copy the cache): the same tokens and logits as `generate` with
+    `num_return_sequences=n`, which reads each prompt n times; left padding of prompts of different lengths. The
+    trained embedded model, whose answers depend on the positions (a random one's barely do)."""
+    from nft_trl.embedded import load_embedded_model
+    from nft_trl.sampling import generate_per_prompt
+
+    model, tokenizer = load_embedded_model()
+    questions = ["Compute 25 + 79.", "Compute 3 + 4, then think about it.", "Compute 10 + 11."]
+    tokenizer.padding_side = "left"
+    inputs = tokenizer([build_prompt(q, tokenizer) for q in questions], return_tensors="pt", padding=True)
+    assert inputs["attention_mask"].sum(1).unique().numel() == 2  # two lengths: padded rows
+    settings = dict(do_sample=True, top_k=0, max_new_tokens=12, output_logits=True, return_dict_in_generate=True)
+    runs = []
+    for shared in (True, False):
+        torch.manual_seed(5)
+        if shared:
+            runs.append(generate_per_prompt(model, inputs["input_ids"], inputs["attention_mask"], 8, **settings))
+        else:
+            runs.append(model.generate(**inputs, num_return_sequences=8, **settings))
+    once, plain = runs
+    assert torch.equal(once.sequences, plain.sequences)
+    torch.testing.assert_close(torch.stack(once.logits), torch.stack(plain.logits), rtol=0, atol=1e-4)
+    assert len({tuple(row.tolist()) for row in once.sequences}) > 3  # sampled, not one answer copied
+
+
 def test_vllm_generator_against_a_stub_vllm(monkeypatch, tiny_tokenizer):
     """vLLM is not installed here: check the calls against a stub with vLLM's `LLM` / `SamplingParams` API."""
     import importlib.machinery

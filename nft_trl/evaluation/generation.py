@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from nft_trl.data import BOXED_INSTRUCTION
+from nft_trl.sampling import generate_per_prompt
 
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,6 @@ class TransformersGenerator:
             temperature=sampling.temperature if not greedy else None,
             top_p=sampling.top_p if not greedy else None,
             top_k=0 if not greedy else None,
-            num_return_sequences=returned,
             pad_token_id=pad_id,
             eos_token_id=sorted(eos_ids),
         )
@@ -162,7 +162,9 @@ class TransformersGenerator:
                 inputs = inputs.to(self.model.device)
                 if seeds is not None:
                     torch.manual_seed(seeds[start])
-                output = self.model.generate(**inputs, generation_config=config)
+                output = generate_per_prompt(
+                    self.model, inputs["input_ids"], inputs["attention_mask"], returned, generation_config=config
+                )
                 completions = output[:, inputs["input_ids"].shape[1] :].cpu()
                 for i in range(len(batch)):
                     rows = completions[i * returned : (i + 1) * returned]

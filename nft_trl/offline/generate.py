@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..sampling import generate_per_prompt
 from .dataset import group_summary
 from .settings import build_settings, check_resume, has_rows, settings_path, write_settings
 
@@ -127,15 +128,16 @@ def sample_group(
     input_ids = torch.tensor([[pad_id] * (width - len(i)) + i for i in ids], device=device)
     attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
     with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
+        out = generate_per_prompt(
+            model,
+            input_ids,
+            attention,
+            num_answers,
             do_sample=True,
             temperature=temperature,
             top_p=top_p,
             top_k=0,
             max_new_tokens=max_new_tokens,
-            num_return_sequences=num_answers,
             output_logits=True,
             return_dict_in_generate=True,
             pad_token_id=pad_id,
