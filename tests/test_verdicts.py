@@ -58,6 +58,8 @@ def test_monitor_warns_once_after_patience_steps_in_a_row():
     message = monitor.observe(all_wrong_truncated, 4)
     assert message is not None
     assert "for 3 generation steps in a row" in message and "every scored answer was wrong" in message
+    one = NoSignalMonitor(patience=1, reward_name="verifier").observe(all_wrong_truncated, 4)
+    assert one.startswith("Nothing to learn: in a generation step no question had both")
     assert "verdicts of 'verifier': correct rate 0.0%, 75.0% of the answers truncated" in message
     assert "over 24 scored answers" in message and "longer max_completion_length" in message
     assert (

@@ -135,7 +135,8 @@ def no_signal_message(steps: int, answers: int, scored: int, correct: int, trunc
     `answers` were generated over `steps` steps, `scored` of them got a verdict, `correct` were right and `truncated`
     of the scored ones ended without an end-of-sequence token.
     """
-    head = f"Nothing to learn: for {steps} generation steps in a row no question had both a right and a wrong answer"
+    span = f"for {steps} generation steps in a row" if steps != 1 else "in a generation step"
+    head = f"Nothing to learn: {span} no question had both a right and a wrong answer"
     silence = " Set warn_no_signal_steps=0 to silence this warning."
     gold_checks = (
         "check that the dataset's gold column (math_verifier reads 'solution') holds answers the verifier can parse "
