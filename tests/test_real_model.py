@@ -102,11 +102,11 @@ def test_the_readme_trains_smollm2_as_written_and_nft_trl_eval_scores_it(tmp_pat
             for q, a in [("What is 7 + 5?", "12"), ("What is 3 * 4?", "12")]
         )
     )
-    command = [sys.executable, "-m", "nft_trl.cli", "eval", "--model", str(checkpoint), "--benchmarks",
-               f"arithmetic={problems}", "--n", "2", "--max_tokens", "32", "--backend", "transformers",
-               "--device", "cpu", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | OFFLINE)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from nft_trl.cli.main import eval_main  # `nft-trl eval`, in this process (a new one would only add start-up)
+
+    argv = ["--model", str(checkpoint), "--benchmarks", f"arithmetic={problems}", "--n", "2", "--max_tokens", "32",
+            "--backend", "transformers", "--device", "cpu", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    assert eval_main(argv) == 0
     scores = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert "arithmetic" in json.dumps(scores)
 
