@@ -72,6 +72,18 @@ else:
 """
 
 
+def test_the_rewards_package_alone_imports_neither_torch_nor_trl():
+    """A process that only verifies answers (these tests' trainers, a grading job) starts in a fraction of a second."""
+    script = (
+        "import os, sys, types; package = types.ModuleType('nft_trl'); "
+        "package.__path__ = [os.path.join(sys.argv[1], 'nft_trl')]; sys.modules['nft_trl'] = package; "
+        "import nft_trl.rewards; print(sorted(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, session id) of a process, or None if there is no such process."""
     try:

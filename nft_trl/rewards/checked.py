@@ -23,15 +23,13 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
 from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from trl.trainer.utils import is_async_callable
 
-from .columns import TRL_REWARD_KWARGS
+from .columns import TRL_REWARD_KWARGS, is_torch_module
 
 
 #: How much of a prompt an error message shows.
@@ -65,7 +63,9 @@ def value_problem(value: Any) -> str | None:
     """None for a valid reward value (a finite real number, a bool, None); else what is wrong with it."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, np.generic | torch.Tensor) and value.ndim == 0:  # numpy scalars, 0-dim tensors
+    torch = sys.modules.get("torch")  # a tensor means torch is imported; the rewards alone do not import it
+    tensor = (torch.Tensor,) if torch is not None else ()
+    if isinstance(value, (np.generic, *tensor)) and value.ndim == 0:  # numpy scalars, 0-dim tensors
         value = value.item()  # (a 0-dim numpy array is not among them: torch.tensor cannot read it in a list)
     if isinstance(value, bool):
         return None
@@ -136,6 +136,8 @@ def checked_reward(func: Callable, name: str) -> Callable:
     """`func` with its results checked and its exceptions named; sync or async like `func`, named `name`."""
     if getattr(func, "__nft_checked__", False):
         return func
+    from trl.trainer.utils import is_async_callable  # TRL's own test of what it awaits (imported here: see columns)
+
     if is_async_callable(func):
 
         @functools.wraps(func, updated=())
@@ -166,6 +168,6 @@ def checked_reward(func: Callable, name: str) -> Callable:
 def checked_rewards(reward_funcs: list, names: list[str]) -> list:
     """Each callable reward wrapped by `checked_reward` under its TRL name; reward models (`nn.Module`) as they are."""
     return [
-        func if isinstance(func, nn.Module) else checked_reward(func, name)
+        func if is_torch_module(func) else checked_reward(func, name)
         for func, name in zip(reward_funcs, names, strict=True)
     ]

@@ -15,9 +15,15 @@ way::
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 
-from torch import nn
+
+def is_torch_module(obj) -> bool:
+    """Whether `obj` is a `torch.nn.Module` (a reward model), without importing torch: the rewards package stays
+    light for processes that only verify answers (the verifier's tests start such processes by the dozen)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 #: Keyword arguments TRL itself passes to every reward function (not dataset columns).
@@ -61,7 +67,7 @@ def _dataset_columns(dataset) -> Iterable[tuple[str, list[str]]]:
 def check_reward_columns(reward_funcs: list, datasets: dict, remove_unused_columns: bool | None) -> None:
     """Fail, naming the column, when a reward function needs a column that a dataset lacks."""
     for func in reward_funcs:
-        if isinstance(func, str | nn.Module) or not callable(func):
+        if isinstance(func, str) or is_torch_module(func) or not callable(func):
             continue
         required = required_columns(func)
         if not required:
