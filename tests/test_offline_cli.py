@@ -117,10 +117,11 @@ def test_generate_on_two_processes_writes_a_shard_each_and_resumes(tmp_path):
     assert shard0.read_text() == before0
     assert sorted(r["group"] for r in rows(shard1)) == ["1", "1", "3", "3", "5", "5"]
 
-    # One process now: every question is done in some shard, so it writes nothing.
-    subprocess.run(
-        [*user_command(), *args], env=user_env(), cwd=tmp_path, check=True, capture_output=True, timeout=300
-    )
+    # One process now (this one: `nft-trl generate`'s function): every question is done in some shard, so it writes
+    # nothing.
+    from nft_trl.cli.main import generate_main
+
+    assert generate_main(args[1:]) == 0
     assert not out.exists() or out.read_text() == ""
     assert len(load_judged(str(out))) == 12
 
