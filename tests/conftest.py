@@ -93,11 +93,16 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     _slow_ids.update(item.nodeid for item in items if item.get_closest_marker("slow"))
 
-    # Longest first: the tests marked `slow`, then those that start processes, then the rest, each in file order.
-    # With workers (`-n`), taking tests one at a time in this order keeps both cores busy to the end instead of
-    # leaving one worker alone with a minute-long test after the other has finished.
+    # Longest first: the tests that fill a cache on a fresh machine (a minute of compiling or converting each, on
+    # one worker while the other works), then the other tests marked `slow`, then those that read what the first ones
+    # made (run beside their maker, they would wait on its lock with a core idle), then those that start processes,
+    # then the rest, each in file order. With workers (`-n`), taking tests one at a time in this order keeps both
+    # cores busy to the end instead of leaving one worker alone with a minute-long test after the other has finished.
     def rank(item) -> int:
-        return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("distributed") else 2
+        for position, marker in enumerate(("fills_cache", "reads_cache", "slow", "distributed")):
+            if item.get_closest_marker(marker):
+                return (0, 2, 1, 3)[position]
+        return 4
 
     items.sort(key=rank)  # stable: file order within each rank
 

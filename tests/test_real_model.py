@@ -60,6 +60,7 @@ def arguments(output_dir, **settings):
     return NFTConfig(output_dir=str(output_dir), **{**defaults, **settings})
 
 
+@pytest.mark.fills_cache  # the README's conversion of the GGUF file
 def test_the_readme_trains_smollm2_as_written_and_nft_trl_eval_scores_it(tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
@@ -111,6 +112,7 @@ def test_the_readme_trains_smollm2_as_written_and_nft_trl_eval_scores_it(tmp_pat
     assert "arithmetic" in json.dumps(scores)
 
 
+@pytest.mark.reads_cache
 def test_nothing_to_learn_is_loud_on_the_real_model(tmp_path, caplog):
     """Zero-shot word problems cut at 16 tokens: every answer wrong and most truncated, so NFT's gradient is zero. One
     step is enough to be told (warn_no_signal_steps=1; each step of this 135M model takes 15-20 s on one CPU core)."""

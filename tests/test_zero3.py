@@ -78,6 +78,7 @@ def params(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "params.pt")
 
 
+@pytest.mark.fills_cache  # DeepSpeed's CPU op, built on a fresh machine by its first launch
 def test_zero3_moves_every_parameter_as_ddp_and_resumes_dynamic_sampling_exactly(tmp_path, tiny_model_path):
     """ZeRO-3 (two CPU processes, DeepSpeed over gloo) against plain data parallelism, with dynamic sampling on: the
     same parameter updates; a checkpoint per rank, an exact resume, and the consolidated model `nft-trl eval` reads."""
@@ -130,6 +131,7 @@ def test_zero3_moves_every_parameter_as_ddp_and_resumes_dynamic_sampling_exactly
     assert (tmp_path / "eval" / "results.json").exists()
 
 
+@pytest.mark.reads_cache
 def test_zero2_trains(tmp_path, tiny_model_path):
     initial = {n: p.float() for n, p in _load(tiny_model_path).named_parameters()}
     result = train("zero2", tmp_path / "zero2", tiny_model_path, "--steps", "2")
@@ -173,6 +175,7 @@ def rehearsal_command(tmp_path: Path, model: str) -> list[str]:
     ]
 
 
+@pytest.mark.reads_cache
 def test_nft_trl_train_rehearses_a_zero3_recipe_on_cpu(tmp_path, tiny_model_path):
     result = run(rehearsal_command(tmp_path, tiny_model_path), expect=tmp_path / "out" / "model.safetensors")
     assert "CPU rehearsal" in result.stdout + result.stderr
