@@ -105,6 +105,13 @@ def pytest_collection_modifyitems(config, items):
         return 4
 
     items.sort(key=rank)  # stable: file order within each rank
+    # xdist starts each worker with two consecutive tests (then one at a time): one cache-filling test in each pair,
+    # so that the two one-time builds run side by side on different workers, not one after the other on the same.
+    fills, rest = [item for item in items if rank(item) == 0], [item for item in items if rank(item) != 0]
+    paired = []
+    for fill in fills:
+        paired += [fill, rest.pop(0)] if rest else [fill]
+    items[:] = paired + rest
 
 
 def _write_line(config, text: str) -> None:
