@@ -636,6 +636,22 @@ def test_eval_says_a_missing_model_folder_does_not_exist(tmp_path, capsys):
     assert code == 1 and "missing does not exist" in out
 
 
+def test_the_package_the_rewards_and_the_dispatcher_import_no_training_stack():
+    """`import nft_trl` resolves its public names on first use, so a process that only verifies answers (a grading job,
+    a verifier worker's parent) or runs `nft-trl eval` / `generate` does not pay for torch, TRL and PEFT at start-up."""
+    script = (
+        "import sys, nft_trl, nft_trl.rewards, nft_trl.cli.main; "
+        "print(sorted(m for m in ('torch', 'trl', 'transformers', 'peft') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert sorted(nft_trl._EXPORTS) == nft_trl.__all__
+    assert all(callable(getattr(nft_trl, name)) for name in nft_trl.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'NFTTrainerr'"):
+        nft_trl.NFTTrainerr  # noqa: B018
+
+
 def test_dispatcher(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

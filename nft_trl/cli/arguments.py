@@ -32,8 +32,6 @@ from nft_trl.data import DATASET_FORMATS
 CONFIG_CLASSES: dict[str, type[GRPOConfig]] = {"nft": NFTConfig, "grpo": GRPOConfig}
 #: The name that stands for the embedded model (`model_name_or_path`) or the embedded addition task (`dataset_name`):
 #: offline, shipped with the package (`nft_trl.embedded`).
-EMBEDDED = "embedded"
-
 #: Options of the launcher itself: (flag, type, help). They are registered on the script's parser so that
 #: `--help-all` lists them with the fields, and they are removed from the arguments that reach the training script.
 LAUNCH_OPTIONS = (
@@ -189,20 +187,6 @@ def requested_method(argv: list[str], recipe: dict[str, Any] | None = None) -> s
     if method not in CONFIG_CLASSES:
         raise RecipeError(f"method={method!r} is not supported: use 'nft' or 'grpo'.")
     return method
-
-
-def resolve_embedded_model(model_args: Any) -> None:
-    """`model_name_or_path: embedded` -> the folder of the embedded model (shipped with the package), in place; a
-    folder named `embedded` in the working directory is read as that folder instead."""
-    if getattr(model_args, "model_name_or_path", None) == EMBEDDED and not Path(EMBEDDED).exists():
-        from nft_trl.embedded import embedded_path
-
-        model_args.model_name_or_path = str(embedded_path())
-
-
-def exit_code(exit_: SystemExit) -> int:
-    """The exit code an argparse `SystemExit` carries (`--help`: 0, a usage error: 2, a message: 1)."""
-    return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
 
 
 @functools.cache

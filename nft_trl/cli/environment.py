@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.hub import DATASETS_OFFLINE_VARIABLES, dataset_is_cached, hub_unavailable, is_cached
-from .arguments import EMBEDDED
+from .common import EMBEDDED
 
 
 _DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")

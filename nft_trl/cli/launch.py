@@ -33,14 +33,13 @@ from .arguments import (
     LAUNCH_DESTS,
     LAUNCH_OPTIONS,
     RecipeError,
-    exit_code,
     make_parser,
     read_recipe,
     requested_method,
-    resolve_embedded_model,
     script_arg_problems,
     unknown_key_problems,
 )
+from .common import exit_code, resolve_embedded_model
 from .help import count_options, full_parser, short_help
 from .memory import Launch
 from .preflight import (

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from .arguments import exit_code
+from .common import exit_code
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -173,7 +173,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
 
 def load_questions(name: str, dataset_format: str = "auto", split: str = "train"):
     """The questions of `nft-trl generate`: `name` as `nft-trl train`'s `dataset_name` ('embedded' included)."""
-    from .arguments import EMBEDDED
+    from .common import EMBEDDED
 
     if name == EMBEDDED:
         from nft_trl.embedded import make_dataset
@@ -201,7 +201,7 @@ def generate_main(argv: list[str]) -> int:
     """`nft-trl generate`: judged answers for offline NFT; one shard per process under torchrun / accelerate."""
     import os
 
-    from .arguments import resolve_embedded_model
+    from .common import resolve_embedded_model
     from .environment import missing_model_folder
 
     try:

@@ -19,8 +19,9 @@ from trl import GRPOConfig
 
 from nft_trl.algorithm.config import NFTConfig
 
-from .arguments import EMBEDDED, read_recipe
+from .arguments import read_recipe
 from .batch import arithmetic, batch_problems, planned_steps, warmup_warning
+from .common import EMBEDDED
 from .environment import environment_problems, missing_model_folder
 from .memory import GB, Launch, estimate_memory, model_shape, params_text
 

@@ -27,14 +27,13 @@ from trl import GRPOConfig, ModelConfig
 
 from nft_trl.cli.arguments import (
     CONFIG_CLASSES,
-    EMBEDDED,
     NFTScriptArguments,
     RecipeError,
     make_parser,
     requested_method,
-    resolve_embedded_model,
     unknown_key_problems,
 )
+from nft_trl.cli.common import EMBEDDED, resolve_embedded_model
 
 
 logger = logging.getLogger(__name__)
