@@ -23,9 +23,7 @@ def generate_per_prompt(
     """What `model.generate(input_ids=..., attention_mask=..., num_return_sequences=n, **generate_kwargs)` returns
     (left-padded prompts; `generation_config` and any other `generate` argument pass through)."""
     if n == 1 or input_ids.shape[1] < 2:  # nothing to share
-        return model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=n, **generate_kwargs
-        )
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **_returning(n, generate_kwargs))
     from transformers import DynamicCache
 
     try:
@@ -46,13 +44,19 @@ def generate_per_prompt(
             **{name: cache},
         )
     cache.batch_repeat_interleave(n)
-    if "generation_config" in generate_kwargs:
-        generate_kwargs["generation_config"] = copy.deepcopy(generate_kwargs["generation_config"])
-        generate_kwargs["generation_config"].num_return_sequences = 1
     return model.generate(
         input_ids=input_ids.repeat_interleave(n, dim=0),
         attention_mask=attention_mask.repeat_interleave(n, dim=0),
-        num_return_sequences=1,
-        **generate_kwargs,
+        **_returning(1, generate_kwargs),
         **{name: cache},
     )
+
+
+def _returning(n: int, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`generate_kwargs` asking for `n` sequences per prompt: in the `generation_config` when one is given (transformers
+    5 warns when it comes with generation arguments beside it), else as `num_return_sequences`."""
+    if "generation_config" not in generate_kwargs:
+        return {**generate_kwargs, "num_return_sequences": n}
+    config = copy.deepcopy(generate_kwargs["generation_config"])
+    config.num_return_sequences = n
+    return {**generate_kwargs, "generation_config": config}

@@ -424,6 +424,37 @@ def test_samples_of_a_prompt_share_its_prefill_and_draw_what_generate_draws():
     assert len({tuple(row.tolist()) for row in once.sequences}) > 3  # sampled, not one answer copied
 
 
+def test_shared_prefill_with_a_generation_config_asks_for_n_there_and_warns_nothing(caplog):
+    """With a `generation_config` (as the evaluation passes one), the number of answers goes into a copy of it:
+    transformers 5 warns when generation arguments come beside a config, and the caller's config stays as it was."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    from nft_trl.embedded import load_embedded_model
+    from nft_trl.sampling import generate_per_prompt
+
+    hf_logging.warning_once.cache_clear()  # a warning given once earlier in this process would hide a new one
+    library_logger = hf_logging.get_logger("transformers")  # it does not propagate to the root logger
+    library_logger.addHandler(caplog.handler)
+    model, tokenizer = load_embedded_model()
+    tokenizer.padding_side = "left"
+    inputs = tokenizer(
+        [build_prompt(q, tokenizer) for q in ("Compute 1 + 2.", "Compute 30 + 4.")], return_tensors="pt", padding=True
+    )
+    config = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id)
+    asked = config.num_return_sequences
+    try:
+        for n in (1, 3):
+            out = generate_per_prompt(
+                model, inputs["input_ids"], inputs["attention_mask"], n, generation_config=config
+            )
+            assert out.shape[0] == 2 * n
+    finally:
+        library_logger.removeHandler(caplog.handler)
+    assert config.num_return_sequences == asked
+    assert "deprecated" not in caplog.text
+
+
 def test_vllm_generator_against_a_stub_vllm(monkeypatch, tiny_tokenizer):
     """vLLM is not installed here: check the calls against a stub with vLLM's `LLM` / `SamplingParams` API."""
     import importlib.machinery
