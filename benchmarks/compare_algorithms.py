@@ -60,7 +60,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
 from nft_trl.embedded import EmbeddedConfig, embedded_path, make_dataset, task_reward  # noqa: E402
 from nft_trl.embedded.config import TASKS  # noqa: E402
-from nft_trl.embedded.demo import HeldOutAccuracyCallback  # noqa: E402
+from nft_trl.embedded.demo import HeldOutAccuracyCallback, activation_checkpointing_off  # noqa: E402
 from nft_trl.evaluation import evaluate_accuracy, pass_at_k  # noqa: E402
 from nft_trl.evaluation.metrics import default_pass_ks  # noqa: E402
 
@@ -317,7 +317,7 @@ def training_config(settings: Settings, cell: Cell, output_dir: str):
         temperature=1.0,
         logging_steps=1,
         save_strategy="no",
-        gradient_checkpointing=False,
+        **activation_checkpointing_off(),
         disable_tqdm=True,
         **extra,
     )

@@ -21,7 +21,9 @@ starting models are the online grid's (`compare_algorithms.starting_model_path`)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import json
 import logging
@@ -54,6 +56,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
 from nft_trl.embedded import make_dataset, task_reward  # noqa: E402
 from nft_trl.embedded.config import TASKS  # noqa: E402
+from nft_trl.embedded.demo import activation_checkpointing_off  # noqa: E402
 from nft_trl.evaluation import evaluate_accuracy, pass_at_k  # noqa: E402
 from nft_trl.evaluation.metrics import default_pass_ks, t_interval  # noqa: E402
 from nft_trl.offline import prepare_judged  # noqa: E402
@@ -378,7 +381,7 @@ def common_args(settings: Settings, output_dir: str, lr: float, seed: int, epoch
         max_steps=-1,
         logging_steps=1,
         save_strategy="no",
-        gradient_checkpointing=False,
+        **activation_checkpointing_off(),
         disable_tqdm=True,
         dataloader_drop_last=False,
     )
@@ -573,20 +576,47 @@ class Starts:
         return path
 
 
+@contextlib.contextmanager
+def claimed(lock_path: Path):
+    """True while this process holds `lock_path` (an exclusive `flock`, which the kernel drops when the process dies,
+    so a killed run leaves no stale claim); False if another process holds it."""
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_cells(cells, settings: Settings, out: Path, starts: Starts, max_cells: int | None, runner) -> int:
+    """Run the unfinished `cells` (at most `max_cells`); the number run. Several processes can share one grid (for
+    example one per core, each with one thread): each run is claimed by a lock under `<out>/work/` while it trains, and
+    a run finished or claimed by another process meanwhile is skipped."""
     finished = json_files(out / "cells")
     todo = [c for c in cells if c.name not in finished]
     logger.info("%d runs selected, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    for cell in todo[:max_cells]:
-        path, fingerprint = starts.model(cell.start)
-        starts.point(cell.start, online.PHASE_SPLIT.get(getattr(cell, "phase", "final"), "test"))
-        result = runner(cell, path, work)
-        write_json(
-            out / "cells" / f"{cell.name}.json.gz",
-            {"settings": settings_dict(settings), "start_fingerprint": fingerprint, **result},
-        )
+    ran = 0
+    for cell in todo:
+        if max_cells is not None and ran >= max_cells:
+            break
+        target = out / "cells" / f"{cell.name}.json.gz"
+        with claimed(work / f"{cell.name}.lock") as mine:
+            if not mine or target.exists():
+                logger.info(
+                    "%s: %s", cell.name, "finished by another process" if mine else "running in another process"
+                )
+                continue
+            path, fingerprint = starts.model(cell.start)
+            starts.point(cell.start, online.PHASE_SPLIT.get(getattr(cell, "phase", "final"), "test"))
+            result = runner(cell, path, work)
+            write_json(target, {"settings": settings_dict(settings), "start_fingerprint": fingerprint, **result})
+        ran += 1
         last = result["evals"][max(result["evals"], key=int)]
         logger.info(
             "%s: %s sampled %.1f%%, greedy %.1f%%, %.0f s",
@@ -596,7 +626,7 @@ def run_cells(cells, settings: Settings, out: Path, starts: Starts, max_cells: i
             100 * last["greedy"],
             result["wall_seconds"],
         )
-    return min(len(todo), max_cells if max_cells is not None else len(todo))
+    return ran
 
 
 def parse_only(filters: list[str], fields: set[str]) -> dict[str, set[str]]:

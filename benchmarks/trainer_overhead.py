@@ -36,6 +36,7 @@ from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from nft_trl import NFTConfig, NFTTrainer  # noqa: E402
+from nft_trl.embedded.demo import activation_checkpointing_off  # noqa: E402
 from nft_trl.embedded.model import build_tiny_model  # noqa: E402
 from nft_trl.embedded.scripted import scripted_generation  # noqa: E402
 from nft_trl.embedded.tokenizer import build_tiny_tokenizer  # noqa: E402
@@ -130,7 +131,7 @@ def run_round(kind: str, tokenizer, dataset, opts, workdir) -> tuple[list[float]
         learning_rate=1e-4,
         save_strategy="no",
         logging_steps=1,
-        gradient_checkpointing=False,
+        **activation_checkpointing_off(),
         loss_type="dr_grpo",
         seed=0,
     )

@@ -97,6 +97,50 @@ def test_each_method_gets_its_rows(offline):
     assert summary["answers"] == 5 and summary["correct_rate"] == 0.6 and summary["mixed_groups"] == 0.5
 
 
+def test_processes_sharing_a_grid_skip_the_runs_another_one_holds_or_finished(offline, tmp_path):
+    """One grid, several processes (one per core): a run whose lock another live process holds is skipped, a run
+    finished meanwhile is not redone, and a lock left by a killed process does not block (the kernel drops it)."""
+    import subprocess
+
+    out, settings = tmp_path / "out", offline.PILOT
+    cells = [offline.Cell("tune", "build1", method, 2e-4, 100, 2) for method in ("nft", "rft", "sft", "kto")]
+    (out / "cells").mkdir(parents=True)
+    (out / "work").mkdir()
+    hold = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out / "work" / f"{cells[0].name}.lock")], stdout=subprocess.PIPE, text=True
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out / "work" / f"{cells[3].name}.lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held" and killed.stdout.readline().strip() == "held"
+        killed.kill()
+        killed.wait()
+        ran = []
+
+        class Starts:
+            def model(self, start):
+                return "model-path", "fingerprint"
+
+            def point(self, start, split):
+                pass
+
+        def runner(cell, path, work):
+            ran.append(cell.method)
+            if cell.method == "rft":  # meanwhile another process finishes sft
+                offline.write_json(out / "cells" / f"{cells[2].name}.json.gz", {"done": "elsewhere"})
+            return {"split": "validation", "evals": {"2": {"sampled": 0.5, "greedy": 0.5}}, "wall_seconds": 1.0}
+
+        assert offline.run_cells(cells, settings, out, Starts(), None, runner) == 2
+        assert ran == ["rft", "kto"]
+        assert offline.read_json(out / "cells" / f"{cells[2].name}.json.gz") == {"done": "elsewhere"}
+        assert not (out / "cells" / f"{cells[0].name}.json.gz").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.slow
 def test_pilot_trains_every_method_runs_the_rounds_and_reports(offline, tmp_path):
     out = tmp_path / "out"

@@ -51,13 +51,18 @@ DEMO_EVAL_SAMPLES = 4  # sampled answers per held-out problem, at the training t
 CURVE_FILE = "learning_curve.png"
 
 
+def activation_checkpointing_off() -> dict[str, bool]:
+    """The training-arguments field that turns activation checkpointing off, under this transformers' name:
+    transformers 5 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns); 4.x has only
+    the old one."""
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": False}
+
+
 def demo_defaults() -> dict[str, Any]:
     """`DEMO_DEFAULTS`, activation checkpointing off (a 3.3M-parameter model needs no memory saving), plus fp32 on CPU
     when no GPU is present."""
-    defaults = dict(DEMO_DEFAULTS)
-    # transformers 5 renamed the field (the old name warns); transformers 4 has only the old one.
-    fields = TrainingArguments.__dataclass_fields__
-    defaults["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
+    defaults = {**DEMO_DEFAULTS, **activation_checkpointing_off()}
     if not torch.cuda.is_available():
         defaults.update(use_cpu=True, bf16=False)
     return defaults
