@@ -274,13 +274,18 @@ def sft_rows(tokenizer, rows: list[dict]) -> list[dict]:
     return [dict(zip(("prompt", "completion"), _text(tokenizer, r), strict=True)) for r in rows if _right(r)]
 
 
-def kto_rows(tokenizer, rows: list[dict]) -> list[dict]:
+def kto_rows(tokenizer, rows: list[dict], seed: int) -> list[dict]:
+    """Every judged answer, right = desirable, in an order shuffled by `seed`. TRL's `KTOConfig` samples sequentially
+    (`train_sampling_strategy="sequential"`: the KL term pairs each answer with its neighbour's completion), so the
+    trainer neither shuffles nor reads the seed; without this shuffle the 16 answers to one question would sit side by
+    side (the KL term would pair answers to the same question) and every seed would train on one order."""
     out = []
     for r in rows:
         if r["reward"] is None:
             continue
         prompt, completion = _text(tokenizer, r)
         out.append({"prompt": prompt, "completion": completion, "label": _right(r)})
+    random.Random(seed).shuffle(out)
     return out
 
 
@@ -409,7 +414,7 @@ def make_trainer(settings: Settings, method: str, model, tokenizer, rows: list[d
         config = SFTConfig(**args, per_device_train_batch_size=batch, max_length=long)
         trainer = SFTTrainer(model, args=config, train_dataset=data, processing_class=tokenizer)
     elif method == "kto":
-        data = Dataset.from_list(kto_rows(tokenizer, rows))
+        data = Dataset.from_list(kto_rows(tokenizer, rows, seed))
         config = KTOConfig(**args, per_device_train_batch_size=batch, max_length=long)
         trainer = KTOTrainer(model, args=config, train_dataset=data, processing_class=tokenizer)
     elif method == "dpo":

@@ -89,8 +89,25 @@ def test_each_method_gets_its_rows(offline):
         {"prompt": "<Compute 1 + 2.>", "completion": "9"},
         {"prompt": "<Compute 1 + 2.>", "completion": "5"},
     ]  # right answers only, EOS left to TRL
-    kto = offline.kto_rows(tok, rows())
-    assert [r["label"] for r in kto] == [True, False, False, True, True]  # the unjudged answer is left out
+    kto = offline.kto_rows(tok, rows(), seed=0)
+    assert sorted(r["label"] for r in kto) == sorted([True, False, False, True, True])  # the unjudged one left out
+    # TRL's KTO samples in dataset order: the seed shuffles the rows (the same seed the same way), so the answers to
+    # one question no longer sit side by side
+    prompt = rows()[0]["prompt"]
+    many = [
+        {
+            "prompt": prompt,
+            "group": str(i // 4),
+            "completion_ids": [10 + i, 2],
+            "reward": float(i % 2),
+            "truncated": False,
+        }
+        for i in range(32)
+    ]
+    judged_order = [str(10 + i) for i in range(32)]
+    orders = [[r["completion"] for r in offline.kto_rows(tok, many, seed)] for seed in (100, 100, 101)]
+    assert orders[0] == orders[1] != orders[2] and sorted(orders[0]) == sorted(orders[2]) == sorted(judged_order)
+    assert orders[0] != judged_order
     dpo = offline.dpo_rows(tok, rows())
     assert len(dpo) == 1 and dpo[0]["chosen"] == "5 6" and dpo[0]["rejected"] in ("7", "8")  # min(#right, #wrong)
     summary = offline.data_summary(rows()[:5])
