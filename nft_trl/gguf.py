@@ -23,9 +23,12 @@ the file without importing the package.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 
 CACHE_ENV_VAR = "NFT_TRL_CACHE"
@@ -38,6 +41,33 @@ def _require_gguf() -> None:
         raise ModuleNotFoundError(
             'Reading a GGUF file needs the gguf package: pip install "nft-trl[gguf]" (or pip install gguf).'
         )
+
+
+@contextlib.contextmanager
+def _parse_once():
+    """Within the block, the `gguf` package parses each file once and builds each tensor-name table once.
+
+    transformers' GGUF loader opens the file anew for the config and again for the weights (each time decoding the
+    whole header, SmolLM2's 49k-token vocabulary included), and rebuilds gguf's tensor-name table for every module it
+    maps. Both are pure functions of their arguments, so sharing the results changes nothing in what is loaded; on
+    SmolLM2's file it makes the conversion more than twice as fast. The originals are put back on exit.
+    """
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple, Any] = {}
+
+    def shared_reader(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 def convert_gguf(gguf_file: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
@@ -56,8 +86,9 @@ def convert_gguf(gguf_file: str | os.PathLike, output_dir: str | os.PathLike) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = gguf_file.parent, gguf_file.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)  # dequantized here
+    with _parse_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)  # dequantized
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are plain floats now: a plain folder, not a GGUF one
