@@ -115,7 +115,7 @@ def smollm2_gguf() -> Path:
 
 
 def smollm2_model(cache_dir: str | os.PathLike | None = None) -> Path:
-    """SmolLM2-135M-Instruct as a model folder: `smollm2_gguf()` converted once (about 50 s on 2 CPU cores) into
+    """SmolLM2-135M-Instruct as a model folder: `smollm2_gguf()` converted once (about 30 s on 2 CPU cores) into
     `<cache>/smollm2/<file name>`, the cache being `cache_dir`, else `$NFT_TRL_CACHE`, else `~/.cache/nft_trl`."""
     from filelock import FileLock
 
