@@ -47,10 +47,11 @@ def _require_gguf() -> None:
 def _parse_once():
     """Within the block, the `gguf` package parses each file once and builds each tensor-name table once.
 
-    transformers' GGUF loader opens the file anew for the config and again for the weights (each time decoding the
-    whole header, SmolLM2's 49k-token vocabulary included), and rebuilds gguf's tensor-name table for every module it
-    maps. Both are pure functions of their arguments, so sharing the results changes nothing in what is loaded; on
-    SmolLM2's file it makes the conversion more than twice as fast. The originals are put back on exit.
+    transformers' GGUF loader parses the file anew for the configs and for the weights (three times on transformers
+    5.25, each decoding the whole header, SmolLM2's 49k-token vocabulary included), and rebuilds gguf's tensor-name
+    table for every module it maps. Both are pure functions of their arguments, so sharing the results changes nothing
+    in what is loaded; SmolLM2's conversion took 28 s instead of 47 s (quiet machine, imports included). The originals
+    are put back on exit.
     """
     import gguf
 
