@@ -706,25 +706,28 @@ def summarise(settings: Settings, results: list[dict], chosen: dict) -> dict[str
                     for name in metrics:
                         pooled_diffs[name] += diffs[name]
             if per_start:
-                complete = all(
-                    len(v) == len(settings.final_seeds) * len(settings.starts) for v in pooled_diffs.values()
-                )
-                pooled = {name: t_interval(v) for name, v in pooled_diffs.items()}
-                signs = {math.copysign(1, per_start[s]["sampled"][0]) for s in per_start}
-                lo = pooled["sampled"][0] - pooled["sampled"][1]
-                hi = pooled["sampled"][0] + pooled["sampled"][1]
-                real = complete and len(signs) == 1 and len(per_start) == len(settings.starts) and (lo > 0 or hi < 0)
-                verdict = "incomplete" if not complete else ("real" if real else "not shown")
                 pairs.append(
                     {
                         "epochs": epochs,
                         "pair": f"{REFERENCE} - {method}",
-                        "per_start": per_start,
-                        "pooled": pooled,
-                        "verdict": verdict,
+                        **pooled_verdict(settings, per_start, pooled_diffs),
                     }
                 )
     return {"rows": rows, "pairs": pairs, "metrics": metrics}
+
+
+def pooled_verdict(settings: Settings, per_start: dict, pooled_diffs: dict[str, list[float]]) -> dict[str, Any]:
+    """The pooled intervals of paired differences and the protocol's verdict on sampled accuracy: "real" only if every
+    (starting model, seed) pair is in, the pooled interval excludes 0 and every starting model agrees in sign;
+    "incomplete" while pairs are missing, else "not shown"."""
+    complete = all(len(v) == len(settings.final_seeds) * len(settings.starts) for v in pooled_diffs.values())
+    pooled = {name: t_interval(v) for name, v in pooled_diffs.items()}
+    signs = {math.copysign(1, per_start[s]["sampled"][0]) for s in per_start}
+    lo = pooled["sampled"][0] - pooled["sampled"][1]
+    hi = pooled["sampled"][0] + pooled["sampled"][1]
+    real = complete and len(signs) == 1 and len(per_start) == len(settings.starts) and (lo > 0 or hi < 0)
+    verdict = "incomplete" if not complete else ("real" if real else "not shown")
+    return {"per_start": per_start, "pooled": pooled, "verdict": verdict}
 
 
 def rounds_summary(settings: Settings, results: list[dict]) -> list[dict]:
@@ -751,7 +754,36 @@ def rounds_summary(settings: Settings, results: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(settings, summary, rounds, chosen, data, points, results) -> str:
+ROUND_METRICS = ("sampled", "greedy", "entropy")
+
+
+def rounds_pairs(settings: Settings, results: list[dict]) -> list[dict]:
+    """Per round, offline minus online at the same number of generated answers, paired by (starting model, seed)."""
+    by_key = {
+        (r["cell"]["start"], r["cell"]["arm"], r["cell"]["seed"]): r["evals"] for r in results if r["cell"].get("arm")
+    }
+    pairs = []
+    for k in range(1, settings.rounds + 1):
+        per_start, pooled_diffs = {}, {name: [] for name in ROUND_METRICS}
+        for start in settings.starts:
+            diffs = {name: [] for name in ROUND_METRICS}
+            for seed in settings.final_seeds:
+                a = by_key.get((start, "offline", seed), {}).get(str(k))
+                b = by_key.get((start, "online", seed), {}).get(str(k))
+                if a is not None and b is not None:
+                    for name in ROUND_METRICS:
+                        diffs[name].append(a[name] - b[name])
+            if diffs["sampled"]:
+                per_start[start] = {name: t_interval(v) for name, v in diffs.items()}
+                for name in ROUND_METRICS:
+                    pooled_diffs[name] += diffs[name]
+        if per_start:
+            answers = k * settings.questions * settings.answers
+            pairs.append({"round": k, "answers": answers, **pooled_verdict(settings, per_start, pooled_diffs)})
+    return pairs
+
+
+def markdown(settings, summary, rounds, rounds_pairs_rows, chosen, data, points, results) -> str:
     lines = ["# Offline NFT vs TRL's offline trainers: results", ""]
     for point in points:
         lines.append(
@@ -827,6 +859,18 @@ def markdown(settings, summary, rounds, chosen, data, points, results) -> str:
             f"| {row['start']} | {row['arm']} | {row['round']} | {row['answers']} | {row['seeds']} | "
             f"{fmt(*row['sampled'])} | {fmt(*row['greedy'])} | {fmt(*row['entropy'], percent=False)} |"
         )
+    lines += [
+        "",
+        "## Rounds, paired by seed: offline - online at the same number of answers (test)",
+        "",
+        "| round | answers | model | sampled | greedy | entropy | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for pair in rounds_pairs_rows:
+        for start, diffs in [*pair["per_start"].items(), ("pooled", pair["pooled"])]:
+            values = " | ".join(fmt(*diffs[m], percent=m != "entropy") for m in ROUND_METRICS)
+            verdict = pair["verdict"] if start == "pooled" else ""
+            lines.append(f"| {pair['round']} | {pair['answers']} | {start} | {values} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -834,6 +878,7 @@ def write_report(out: Path, settings: Settings, results: list[dict]) -> None:
     chosen = choose_learning_rates(settings, results)
     summary = summarise(settings, results, chosen)
     rounds = rounds_summary(settings, results)
+    paired_rounds = rounds_pairs(settings, results)
     data = [read_json(p) for p in sorted((out / "data").glob("*.summary.json"))]
     points = [read_json(p) for p in sorted((out / "starts").glob("*.json"))]
     payload = {
@@ -841,12 +886,13 @@ def write_report(out: Path, settings: Settings, results: list[dict]) -> None:
         "chosen": [{"method": m, "epochs": e, "start": s, **c} for (m, e, s), c in sorted(chosen.items())],
         "summary": summary,
         "rounds": rounds,
+        "rounds_pairs": paired_rounds,
         "data": data,
         "starting_points": points,
         "cells": len(results),
     }
     write_json(out / "results.json.gz", payload)
-    (out / "results.md").write_text(markdown(settings, summary, rounds, chosen, data, points, results))
+    (out / "results.md").write_text(markdown(settings, summary, rounds, paired_rounds, chosen, data, points, results))
     logger.info("report: %d runs, %s", len(results), out / "results.md")
 
 

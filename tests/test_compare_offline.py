@@ -181,4 +181,7 @@ def test_pilot_trains_every_method_runs_the_rounds_and_reports(offline, tmp_path
     assert offline.main(["--phase", "rounds", "--pilot", "--out", str(out), "--only", "seed=0"]) == 0
     report = (out / "results.md").read_text()
     assert "| build1 | offline | 2 | 32 |" in report and "| build1 | online | 2 | 32 |" in report
+    # the primary rounds comparison: offline - online, paired by seed, per round; one seed of one model: incomplete
+    paired = report.split("## Rounds, paired by seed")[1]
+    assert "| 2 | 32 | build1 |" in paired and "| 2 | 32 | pooled |" in paired and "| incomplete |" in paired
     assert "judged data `build1`: 16 answers" in report
