@@ -105,6 +105,11 @@ def train(argv: list[str]) -> None:
     if trainer.accelerator.is_main_process:
         params = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
         torch.save(params, Path(args.out) / "final_params.pt")
+    # As `nft-trl train` ends: every rank waits for the save, then the process group is destroyed. A rank that exits
+    # with its gloo group alive while the other still saves can abort in teardown ("terminate called without an
+    # active exception", SIGABRT), and torchrun then fails the whole run.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 # ------------------------------------------------------------------------------------------------------- the trials
