@@ -691,35 +691,37 @@ def summarise(settings: Settings, results: list[dict], chosen: dict) -> dict[str
                 rows.append(row)
             if method == REFERENCE:
                 continue
-            per_start, pooled_diffs = {}, {name: [] for name in metrics}
-            for start in settings.starts:
-                diffs = {name: [] for name in metrics}
-                for seed in settings.final_seeds:
-                    a = _result_of(by_name, settings, chosen, REFERENCE, epochs, start, seed)
-                    b = _result_of(by_name, settings, chosen, method, epochs, start, seed)
-                    if a is None or b is None:
-                        continue
-                    for name in metrics:
-                        diffs[name].append(_metric(a, name) - _metric(b, name))
-                if diffs["sampled"]:
-                    per_start[start] = {name: t_interval(v) for name, v in diffs.items()}
-                    for name in metrics:
-                        pooled_diffs[name] += diffs[name]
-            if per_start:
-                pairs.append(
-                    {
-                        "epochs": epochs,
-                        "pair": f"{REFERENCE} - {method}",
-                        **pooled_verdict(settings, per_start, pooled_diffs),
-                    }
-                )
+
+            def evaluations(start, seed, method=method, epochs=epochs):
+                a = _result_of(by_name, settings, chosen, REFERENCE, epochs, start, seed)
+                b = _result_of(by_name, settings, chosen, method, epochs, start, seed)
+                return None if a is None or b is None else (a, b)
+
+            paired = paired_differences(settings, metrics, evaluations)
+            if paired is not None:
+                pairs.append({"epochs": epochs, "pair": f"{REFERENCE} - {method}", **paired})
     return {"rows": rows, "pairs": pairs, "metrics": metrics}
 
 
-def pooled_verdict(settings: Settings, per_start: dict, pooled_diffs: dict[str, list[float]]) -> dict[str, Any]:
-    """The pooled intervals of paired differences and the protocol's verdict on sampled accuracy: "real" only if every
-    (starting model, seed) pair is in, the pooled interval excludes 0 and every starting model agrees in sign;
-    "incomplete" while pairs are missing, else "not shown"."""
+def paired_differences(settings: Settings, metrics, evaluations) -> dict[str, Any] | None:
+    """Paired differences `a - b` of `metrics` per starting model and pooled over them, with the protocol's verdict on
+    sampled accuracy: "real" only if every (starting model, seed) pair is in, the pooled interval excludes 0 and every
+    starting model agrees in sign; "incomplete" while pairs are missing, else "not shown". `evaluations(start, seed)`
+    gives the pair `(a, b)` of evaluations, or None where either run is missing; None if no pair is in."""
+    per_start, pooled_diffs = {}, {name: [] for name in metrics}
+    for start in settings.starts:
+        diffs = {name: [] for name in metrics}
+        for seed in settings.final_seeds:
+            pair = evaluations(start, seed)
+            if pair is not None:
+                for name in metrics:
+                    diffs[name].append(_metric(pair[0], name) - _metric(pair[1], name))
+        if diffs["sampled"]:
+            per_start[start] = {name: t_interval(v) for name, v in diffs.items()}
+            for name in metrics:
+                pooled_diffs[name] += diffs[name]
+    if not per_start:
+        return None
     complete = all(len(v) == len(settings.final_seeds) * len(settings.starts) for v in pooled_diffs.values())
     pooled = {name: t_interval(v) for name, v in pooled_diffs.items()}
     signs = {math.copysign(1, per_start[s]["sampled"][0]) for s in per_start}
@@ -764,22 +766,15 @@ def rounds_pairs(settings: Settings, results: list[dict]) -> list[dict]:
     }
     pairs = []
     for k in range(1, settings.rounds + 1):
-        per_start, pooled_diffs = {}, {name: [] for name in ROUND_METRICS}
-        for start in settings.starts:
-            diffs = {name: [] for name in ROUND_METRICS}
-            for seed in settings.final_seeds:
-                a = by_key.get((start, "offline", seed), {}).get(str(k))
-                b = by_key.get((start, "online", seed), {}).get(str(k))
-                if a is not None and b is not None:
-                    for name in ROUND_METRICS:
-                        diffs[name].append(a[name] - b[name])
-            if diffs["sampled"]:
-                per_start[start] = {name: t_interval(v) for name, v in diffs.items()}
-                for name in ROUND_METRICS:
-                    pooled_diffs[name] += diffs[name]
-        if per_start:
-            answers = k * settings.questions * settings.answers
-            pairs.append({"round": k, "answers": answers, **pooled_verdict(settings, per_start, pooled_diffs)})
+
+        def evaluations(start, seed, k=str(k)):
+            a = by_key.get((start, "offline", seed), {}).get(k)
+            b = by_key.get((start, "online", seed), {}).get(k)
+            return None if a is None or b is None else (a, b)
+
+        paired = paired_differences(settings, ROUND_METRICS, evaluations)
+        if paired is not None:
+            pairs.append({"round": k, "answers": k * settings.questions * settings.answers, **paired})
     return pairs
 
 
@@ -843,10 +838,7 @@ def markdown(settings, summary, rounds, rounds_pairs_rows, chosen, data, points,
         "|---|---|---|" + "---|" * (len(metrics) + 1),
     ]
     for pair in summary["pairs"]:
-        for start, diffs in [*pair["per_start"].items(), ("pooled", pair["pooled"])]:
-            values = " | ".join(fmt(*diffs[m], percent=m != "entropy") for m in metrics)
-            verdict = pair["verdict"] if start == "pooled" else ""
-            lines.append(f"| {pair['epochs']} | {pair['pair']} | {start} | {values} | {verdict} |")
+        lines += _pair_lines(pair, metrics, pair["epochs"], pair["pair"])
     lines += [
         "",
         "## Rounds: generate + offline NFT vs online NFT (test)",
@@ -867,11 +859,18 @@ def markdown(settings, summary, rounds, rounds_pairs_rows, chosen, data, points,
         "|---|---|---|---|---|---|---|",
     ]
     for pair in rounds_pairs_rows:
-        for start, diffs in [*pair["per_start"].items(), ("pooled", pair["pooled"])]:
-            values = " | ".join(fmt(*diffs[m], percent=m != "entropy") for m in ROUND_METRICS)
-            verdict = pair["verdict"] if start == "pooled" else ""
-            lines.append(f"| {pair['round']} | {pair['answers']} | {start} | {values} | {verdict} |")
+        lines += _pair_lines(pair, ROUND_METRICS, pair["round"], pair["answers"])
     return "\n".join(lines) + "\n"
+
+
+def _pair_lines(pair: dict, metrics, *lead) -> list[str]:
+    """One table line per starting model and one pooled line (with the verdict) of a `paired_differences` result."""
+    lines = []
+    for start, diffs in [*pair["per_start"].items(), ("pooled", pair["pooled"])]:
+        values = " | ".join(fmt(*diffs[m], percent=m != "entropy") for m in metrics)
+        verdict = pair["verdict"] if start == "pooled" else ""
+        lines.append("| " + " | ".join(str(x) for x in (*lead, start)) + f" | {values} | {verdict} |")
+    return lines
 
 
 def write_report(out: Path, settings: Settings, results: list[dict]) -> None:
