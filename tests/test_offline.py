@@ -344,6 +344,30 @@ def questions(n):
     )
 
 
+def test_generate_passes_every_question_column_to_the_reward_and_needs_no_solution(tmp_path, tiny_tokenizer):
+    """A countdown-style task has `numbers` and `target` instead of `solution`: the reward gets them, one per answer
+    (as TRL passes dataset columns), the rows carry no `solution`, and a question set without `prompt` is refused."""
+    from nft_trl.offline.generate import generate_judged
+    from nft_trl.rewards.countdown import countdown_reward
+
+    questions = Dataset.from_dict({"prompt": ["3 4 ->", "5 6 ->"], "numbers": [[3, 4], [5, 6]], "target": [7, 11]})
+    seen = []
+
+    def reward(completions, numbers, target, **kwargs):
+        seen.append((numbers, target))
+        assert "solution" not in kwargs
+        return countdown_reward(completions, numbers=numbers, target=target)
+
+    out = tmp_path / "answers.jsonl"
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    generate_judged(model, tiny_tokenizer, questions, out, num_answers=3, max_new_tokens=4, reward=reward)
+    assert seen == [([[3, 4]] * 3, [7] * 3), ([[5, 6]] * 3, [11] * 3)]
+    data = load_judged(out)
+    assert len(data) == 6 and "solution" not in data.column_names
+    with pytest.raises(ValueError, match="'prompt' column"):
+        generate_judged(model, tiny_tokenizer, questions.rename_column("prompt", "question"), tmp_path / "b.jsonl")
+
+
 def test_generate_writes_judged_answers_whose_logps_are_the_trainers_pi_old(tmp_path, tiny_tokenizer):
     from nft_trl.offline.generate import generate_judged
 

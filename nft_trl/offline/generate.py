@@ -3,7 +3,8 @@
 Each answer is one jsonl row: `prompt`, `completion`, `completion_ids` (the generated tokens, with EOS when it
 ended), `completion_logps` (the sampling model's log-probability of each token at `temperature`, the quantity the
 trainer's `pi_old` is; before top-p truncation, as TRL computes it), `truncated`, `reward` (the verdict reward,
-default `math_verifier`; None when it cannot judge), `solution` and `group` (the question's row index). transformers
+default `math_verifier`, which gets every question column but `prompt`, as TRL passes a dataset's columns; None when
+it cannot judge), `solution` (when the questions have one) and `group` (the question's row index). transformers
 generation, or TRL's vLLM server through TRL's own client (`vllm_sample_group`); questions are written a whole group
 at a time, so a rerun with the same output file skips the questions already there (and drops a group an interruption
 left incomplete). Progress is logged with answers and tokens per second and an ETA.
@@ -212,8 +213,8 @@ def generate_judged(
     vllm_client=None,
     model_name: str | None = None,
 ) -> Path:
-    """Generate, judge and append the answers of every question of `questions` (columns `prompt`, `solution`) not
-    already in `output` or its shards. Process `rank` of `world_size` takes the questions whose index is `rank`
+    """Generate, judge and append the answers of every question of `questions` (a `prompt` column; every other
+    column, such as `solution`, goes to the reward) not already in `output` or its shards. Process `rank` of `world_size` takes the questions whose index is `rank`
     modulo `world_size` and writes `shard_path(output, rank, world_size)`, which it returns. With `vllm_client` (a
     TRL `VLLMClient`) the answers come from the vLLM server and `model` is not used.
 
@@ -234,9 +235,11 @@ def generate_judged(
         raise ValueError("num_answers, batch_size and max_new_tokens must be >= 1 and temperature > 0.")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size}).")
-    for column in ("prompt", "solution"):
-        if column not in questions.column_names:
-            raise ValueError(f"The questions need a {column!r} column (they have {questions.column_names}).")
+    if "prompt" not in questions.column_names:
+        raise ValueError(f"The questions need a 'prompt' column (they have {questions.column_names}).")
+    # The reward gets every other column, one value per answer, as TRL passes a dataset's columns to a reward
+    # function: `solution` for math_verifier, `numbers` and `target` for countdown_reward.
+    columns = [c for c in questions.column_names if c != "prompt"]
     path = shard_path(output, rank, world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     loaded_from = (getattr(model, "name_or_path", None) or None) if model is not None else None  # None: in memory
@@ -306,7 +309,9 @@ def generate_judged(
                 texts if isinstance(row["prompt"], str) else [[{"role": "assistant", "content": t}] for t in texts]
             )
             verdicts = reward(
-                completions=completions, solution=[row["solution"]] * len(texts), prompts=[row["prompt"]] * len(texts)
+                completions=completions,
+                prompts=[row["prompt"]] * len(texts),
+                **{c: [row[c]] * len(texts) for c in columns},
             )
             for answer, completion, verdict in zip(group, completions, verdicts, strict=True):
                 lines.append(
@@ -317,7 +322,7 @@ def generate_judged(
                         "completion_logps": answer["logps"],
                         "truncated": answer["truncated"],
                         "reward": None if verdict is None else float(verdict),
-                        "solution": row["solution"],
+                        **({"solution": row["solution"]} if "solution" in row else {}),
                         "group": str(index),
                     }
                 )
