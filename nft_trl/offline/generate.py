@@ -214,9 +214,10 @@ def generate_judged(
     model_name: str | None = None,
 ) -> Path:
     """Generate, judge and append the answers of every question of `questions` (a `prompt` column; every other
-    column, such as `solution`, goes to the reward) not already in `output` or its shards. Process `rank` of `world_size` takes the questions whose index is `rank`
-    modulo `world_size` and writes `shard_path(output, rank, world_size)`, which it returns. With `vllm_client` (a
-    TRL `VLLMClient`) the answers come from the vLLM server and `model` is not used.
+    column, such as `solution`, goes to the reward) not already in `output` or its shards. Process `rank` of
+    `world_size` takes the questions whose index is `rank` modulo `world_size` and writes
+    `shard_path(output, rank, world_size)`, which it returns. With `vllm_client` (a TRL `VLLMClient`) the answers come
+    from the vLLM server and `model` is not used.
 
     The settings (`model_name`, default the model's `name_or_path`; `num_answers`, `temperature`, `top_p`,
     `max_new_tokens`, `seed`, the reward's name, the backend, the nft-trl version) are written atomically to
