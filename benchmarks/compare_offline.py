@@ -910,6 +910,15 @@ def quiet() -> None:
     logging.getLogger("trl").setLevel(logging.ERROR)
 
 
+def locate(task: str, pilot: bool, out: str | None, online_out: str | None) -> tuple[Settings, Path, Path]:
+    """The settings of `task` (pilot or protocol), the grid's folder and the online grid's (its starting models)."""
+    settings = online.for_task(PILOT if pilot else PROTOCOL, task)  # the same renaming of starts
+    suffix = ("_countdown" if task == "countdown" else "") + ("_pilot" if pilot else "")
+    out_path = Path(out or "benchmarks/results/compare_offline" + suffix)
+    online_path = Path(online_out or "benchmarks/results/compare_algorithms" + suffix.replace("_pilot", ""))
+    return settings, out_path, online_path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=("data", "tune", "final", "rounds", "report"), required=True)
@@ -923,10 +932,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     quiet()
 
-    settings = online.for_task(PILOT if opts.pilot else PROTOCOL, opts.task)  # the same renaming of starts
-    suffix = ("_countdown" if opts.task == "countdown" else "") + ("_pilot" if opts.pilot else "")
-    out = Path(opts.out or "benchmarks/results/compare_offline" + suffix)
-    online_out = Path(opts.online_out or "benchmarks/results/compare_algorithms" + suffix.replace("_pilot", ""))
+    settings, out, online_out = locate(opts.task, opts.pilot, opts.out, opts.online_out)
     only = parse_only(opts.only, {"start", "method", "lr", "seed", "arm"})
     starts = Starts(settings, out, online_out)
     finished = load_finished(out, settings)

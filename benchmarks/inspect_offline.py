@@ -31,7 +31,7 @@ from nft_trl.embedded.config import TASKS  # noqa: E402
 LOGGED = ("loss", "kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "entropy")
 
 
-def show(model, tokenizer, questions, reward, samples: int, shown: int, tag: str) -> None:
+def show(model, tokenizer, questions, reward, samples: int, shown: int, max_new_tokens: int, tag: str) -> None:
     model.eval()
     print(f"--- {tag}", flush=True)
     lengths, texts, right = collections.Counter(), collections.Counter(), 0
@@ -42,7 +42,7 @@ def show(model, tokenizer, questions, reward, samples: int, shown: int, tag: str
         n = inputs["input_ids"].shape[1]
         torch.manual_seed(i)
         with torch.no_grad():
-            common = dict(max_new_tokens=16, pad_token_id=tokenizer.eos_token_id)
+            common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
             greedy = model.generate(**inputs, do_sample=False, **common)
             sampled = model.generate(**inputs, do_sample=True, temperature=1.0, num_return_sequences=samples, **common)
         answers = [tokenizer.decode(s[n:], skip_special_tokens=True) for s in sampled]
@@ -57,13 +57,16 @@ def show(model, tokenizer, questions, reward, samples: int, shown: int, tag: str
             print(f"Q: {question}\n   greedy {greedy_text!r}; sampled {answers[:3]}")
     total = samples * len(questions)
     print(f"sampled answers right: {right:g} of {total}")
-    print(f"answer lengths in tokens (16 = cut at the limit): {sorted(lengths.items())}")
+    print(f"answer lengths in tokens ({max_new_tokens} = cut at the limit): {sorted(lengths.items())}")
     print(f"distinct sampled answers: {len(texts)} of {total}; most common: {texts.most_common(3)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=TASKS, default="addition")
+    parser.add_argument("--out", default=None, help="the grid's folder, as in compare_offline.py")
+    parser.add_argument("--online_out", default=None, help="the online grid's folder, as in compare_offline.py")
+    parser.add_argument("--pilot", action="store_true", help="the pilot's settings, as in compare_offline.py")
     parser.add_argument("--start", required=True, help="a starting model of the task, e.g. build1 or countdown2")
     parser.add_argument("--method", choices=offline.METHODS, required=True)
     parser.add_argument("--lr", type=float, required=True)
@@ -75,21 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     offline.quiet()
 
-    settings = online.for_task(offline.PROTOCOL, opts.task)
+    settings, out, online_out = offline.locate(opts.task, opts.pilot, opts.out, opts.online_out)
     if opts.start not in settings.starts:
         raise SystemExit(f"--start must be one of {list(settings.starts)} for --task {opts.task}, got {opts.start!r}.")
-    suffix = "_countdown" if opts.task == "countdown" else ""
-    out = Path("benchmarks/results/compare_offline" + suffix)
-    starts = offline.Starts(settings, out, Path("benchmarks/results/compare_algorithms" + suffix))
     data = out / "data" / f"{opts.start}.jsonl.gz"
     if not data.exists():
         raise SystemExit(f"{data} is missing: make it with compare_offline.py --phase data --only start={opts.start}.")
+    starts = offline.Starts(settings, out, online_out)
     path, _ = starts.model(opts.start)
     model, tokenizer = offline.load_start(path)
     config = online.STARTS[opts.start]
     questions = make_dataset("validation", opts.questions, seed=online.DATA_SEED, config=config)
     reward = task_reward(config)
-    show(model, tokenizer, questions, reward, opts.samples, opts.shown, f"{opts.start}, before training")
+    look = (reward, opts.samples, opts.shown, settings.max_completion_length)
+    show(model, tokenizer, questions, *look, f"{opts.start}, before training")
 
     rows = offline.read_answers(data)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for h in logged[:: max(1, len(logged) // 8)] + logged[-1:]:
         print({"step": h["step"], **{k: round(h[k], 4) for k in LOGGED if k in h}})
     tag = f"after {opts.method} for {opts.epochs} epoch(s) at {opts.lr:g}, seed {opts.seed}"
-    show(model, tokenizer, questions, reward, opts.samples, opts.shown, tag)
+    show(model, tokenizer, questions, *look, tag)
     return 0
 
 

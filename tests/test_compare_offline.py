@@ -158,8 +158,25 @@ def test_processes_sharing_a_grid_skip_the_runs_another_one_holds_or_finished(of
         holder.wait()
 
 
+def load_inspect(monkeypatch):
+    spec = importlib.util.spec_from_file_location("inspect_offline", BENCHMARKS / "inspect_offline.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "inspect_offline", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inspect_refuses_an_unknown_start_or_missing_data_before_loading_a_model(offline, monkeypatch, tmp_path):
+    inspect = load_inspect(monkeypatch)
+    common = ["--pilot", "--out", str(tmp_path), "--method", "kto", "--lr", "2e-4"]
+    with pytest.raises(SystemExit, match=r"--start must be one of \['build1'"):
+        inspect.main([*common, "--start", "countdown1"])
+    with pytest.raises(SystemExit, match="build1.jsonl.gz is missing: make it with compare_offline.py --phase data"):
+        inspect.main([*common, "--start", "build1"])
+
+
 @pytest.mark.slow
-def test_pilot_trains_every_method_runs_the_rounds_and_reports(offline, tmp_path):
+def test_pilot_trains_every_method_runs_the_rounds_and_reports(offline, monkeypatch, tmp_path, capsys):
     out = tmp_path / "out"
     common = ["--pilot", "--out", str(out), "--only"]
     # each trainer once (RFT is NFTTrainer with other settings); the pilot's grid has one learning rate
@@ -174,6 +191,15 @@ def test_pilot_trains_every_method_runs_the_rounds_and_reports(offline, tmp_path
     nft = next(r for r in results if r["cell"]["method"] == "nft")
     assert nft["train_rows"] == 16  # every judged answer; SFT fewer (the right ones only)
     assert next(r for r in results if r["cell"]["method"] == "sft")["train_rows"] < 16
+    # inspect_offline retrains one of these runs on the same judged data and prints its answers before and after
+    capsys.readouterr()
+    inspect = load_inspect(monkeypatch)
+    args = ["--pilot", "--out", str(out), "--start", "build1", "--method", "kto", "--lr", "2e-4", "--epochs", "1"]
+    assert inspect.main([*args, "--questions", "2", "--samples", "3", "--shown", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("sampled answers right: ") == 2 and printed.count(" of 6\n") == 2
+    assert "--- build1, before training" in printed and "--- after kto for 1 epoch(s) at 0.0002, seed 100" in printed
+    assert printed.count("Q: ") == 2 and "'step': 1, 'loss': " in printed
     # a rerun skips the finished runs
     assert offline.main(["--phase", "tune", *common, "method=nft,sft,kto,dpo"]) == 0
     assert sorted(p.name for p in (out / "cells").iterdir()) == cells
