@@ -569,8 +569,12 @@ class Starts:
             result = evaluate(model, tokenizer, dataset, self.settings, start, Path(folder))
         write_json(path, {"start": start, "split": split, "start_fingerprint": fingerprint, **result})
 
+    def data_path(self, start: str) -> Path:
+        """Where `start`'s judged dataset lies (`<out>/data/<start>.jsonl.gz`), made or not."""
+        return self.out / "data" / f"{start}.jsonl.gz"
+
     def data(self, start: str) -> Path:
-        path = self.out / "data" / f"{start}.jsonl.gz"
+        path = self.data_path(start)
         if not path.exists():
             model_path, fingerprint = self.model(start)
             model, tokenizer = load_start(model_path)

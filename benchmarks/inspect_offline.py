@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     settings, out, online_out = offline.locate(opts.task, opts.pilot, opts.out, opts.online_out)
     if opts.start not in settings.starts:
         raise SystemExit(f"--start must be one of {list(settings.starts)} for --task {opts.task}, got {opts.start!r}.")
-    data = out / "data" / f"{opts.start}.jsonl.gz"
+    starts = offline.Starts(settings, out, online_out)
+    data = starts.data_path(opts.start)
     if not data.exists():
         raise SystemExit(f"{data} is missing: make it with compare_offline.py --phase data --only start={opts.start}.")
-    starts = offline.Starts(settings, out, online_out)
     path, _ = starts.model(opts.start)
     model, tokenizer = offline.load_start(path)
     config = online.STARTS[opts.start]
