@@ -237,6 +237,28 @@ class LoggingNFTTrainer(NFTTrainer):
         return super()._compute_loss(model, inputs)
 
 
+def test_offline_with_peft_trains_only_the_adapter(tmp_path, tiny_tokenizer):
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = sgd_args(tmp_path, "peft", offline=True, max_steps=2, per_device_train_batch_size=4, num_generations=4)
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    trainer = LoggingNFTTrainer(
+        model,
+        args=NFTConfig(**args),
+        train_dataset=Dataset.from_list(judged_rows(tiny_tokenizer)),
+        processing_class=tiny_tokenizer,
+        peft_config=lora,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert moved and all("lora_" in n for n in moved)  # the base model is frozen
+    ratios = [entry["nft/ratio_mean"] for entry in trainer.state.log_history if "nft/ratio_mean" in entry]
+    assert abs(ratios[0] - 1) < 1e-5  # pi_old is the starting model's (the adapter starts as the identity)
+    assert len(trainer.seen) == 8
+
+
 def test_later_epochs_keep_the_generating_policy_and_groups_span_batches(tmp_path, tiny_tokenizer):
     rows = judged_rows(tiny_tokenizer)
     config = NFTConfig(

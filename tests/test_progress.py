@@ -55,6 +55,7 @@ def test_evaluation_end_of_training_and_other_logs():
         ({"num_iterations": 2}, False),
         ({"beta": 0.1}, False),  # the KL term has a value
         ({"negative_clip": 2.0}, False),  # log(max(1, eps)) = log 2 on wrong answers
+        ({"offline": True}, False),  # pi_old is the stored answers' policy: R != 1 once the model moves
     ],
 )
 def test_when_the_loss_is_zero_by_construction(tmp_path, settings, constant):

@@ -140,13 +140,13 @@ def test_zero2_trains(tmp_path, tiny_model_path):
     assert all((after[n] - initial[n]).abs().max() > 0 for n in initial)
 
 
-def rehearsal_command(tmp_path: Path, model: str) -> list[str]:
-    """`nft-trl train` of a two-process ZeRO-3 recipe; on a machine without GPUs, a CPU rehearsal."""
+def rehearsal_command(tmp_path: Path, model: str, rows: list[dict] | None = None, **overrides) -> list[str]:
+    """`nft-trl train` of a two-process ZeRO-3 recipe; on a machine without GPUs, a CPU rehearsal. `rows` replaces the
+    16 questions as the dataset, `overrides` the recipe's values."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = tmp_path / "data.jsonl"
-    data.write_text(
-        "".join(json.dumps({"prompt": f"What is {i} + {i}?", "solution": str(2 * i)}) + "\n" for i in range(16))
-    )
+    rows = rows or [{"prompt": f"What is {i} + {i}?", "solution": str(2 * i)} for i in range(16)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     recipe = {
         "accelerate_config": "zero3",
         "num_processes": 2,
@@ -161,7 +161,9 @@ def rehearsal_command(tmp_path: Path, model: str) -> list[str]:
         "save_strategy": "no",
         "report_to": "none",
         "gradient_checkpointing": False,
+        **overrides,
     }
+    recipe = {key: value for key, value in recipe.items() if value is not None}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return [
         sys.executable,
@@ -180,6 +182,27 @@ def test_nft_trl_train_rehearses_a_zero3_recipe_on_cpu(tmp_path, tiny_model_path
     result = run(rehearsal_command(tmp_path, tiny_model_path), expect=tmp_path / "out" / "model.safetensors")
     assert "CPU rehearsal" in result.stdout + result.stderr
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.reads_cache
+def test_offline_nft_trains_under_zero3_on_cpu(tmp_path, tiny_model_path):
+    """Offline NFT (judged answers, no generation) through the same two-process ZeRO-3 launch: `pi_old` is computed
+    with the sharded starting model, and every parameter the answers reach moves."""
+    from safetensors.torch import load_file
+
+    rows = [
+        {"prompt": f"What is {i} + {i}?", "completion": str(2 * i + (k % 2)), "correct": k % 2 == 0}
+        for i in range(4)
+        for k in range(4)
+    ]
+    command = rehearsal_command(tmp_path, tiny_model_path, rows, offline=True, dataset_format=None, max_steps=2)
+    result = run(command, expect=tmp_path / "out" / "model.safetensors")
+    output = result.stdout + result.stderr
+    assert "CPU rehearsal" in output and "On-policy" not in output  # offline: the loss is shown, not called zero
+    trained = load_file(tmp_path / "out" / "model.safetensors")
+    start = load_file(Path(tiny_model_path) / "model.safetensors")
+    assert trained.keys() == start.keys()
+    assert max((trained[k].float() - start[k].float()).abs().max().item() for k in trained) > 1e-6
 
 
 @pytest.mark.slow

@@ -49,7 +49,10 @@ CONSTANT_LOSS_NOTE = (
 
 def loss_is_constant(args: Any) -> bool:
     """Whether the loss value is 0 at every step: on-policy (TRL's own test: each generated batch is trained on within
-    one optimizer step, so it computes no old log-probabilities), `negative_clip <= 1` and `beta == 0`."""
+    one optimizer step, so it computes no old log-probabilities), `negative_clip <= 1` and `beta == 0`. Never offline:
+    there `pi_old` is the stored answers' generating policy, which the model leaves after its first step."""
+    if getattr(args, "offline", False):
+        return False
     generate_every = args.steps_per_generation * args.num_iterations
     on_policy = args.gradient_accumulation_steps % generate_every == 0
     return on_policy and args.beta == 0.0 and args.negative_clip <= 1.0
