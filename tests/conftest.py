@@ -148,3 +148,8 @@ def pytest_xdist_auto_num_workers(config):
 
 
 # (The thread settings themselves are at the top of this file: they must come before torch is imported.)
+
+
+def max_abs_diff(a, b) -> float:
+    """The largest absolute difference between two mappings of tensors with the same keys (e.g. two state dicts)."""
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import max_abs_diff
 from datasets import Dataset
 
 # The online side of each equivalence test is the identity tests' plain-SGD step on the same prompts and verdict.
@@ -155,10 +156,6 @@ def offline_step(tmp_path, tokenizer, rows, **settings):
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     return {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}, trainer
-
-
-def max_abs_diff(a, b):
-    return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
 # Every NFT option keeps its meaning offline: the same first step as online for each (on-policy, eps <= 1 or not).
